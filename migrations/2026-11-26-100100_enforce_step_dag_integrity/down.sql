@@ -1,0 +1,5 @@
+DROP TRIGGER tasker_workflow_step_edges_check_update ON tasker_workflow_step_edges;
+DROP TRIGGER tasker_workflow_step_edges_check_insert ON tasker_workflow_step_edges;
+DROP FUNCTION tasker_check_step_edges();
+DROP TRIGGER tasker_workflow_steps_task_id_fixed ON tasker_workflow_steps;
+DROP FUNCTION tasker_reject_step_task_change();

@@ -1,0 +1,151 @@
+//! The crate's error type.
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+/// Result alias for the crate's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, by the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// PostgreSQL could not be reached or refused the connection.
+    #[error("cannot connect to PostgreSQL: {0}")]
+    Connection(#[from] diesel::ConnectionError),
+    /// The r2d2 pool could not be built or gave no connection in time.
+    #[error("connection pool: {0}")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    /// Applying or reverting the embedded migrations failed.
+    #[error("migrations failed: {0}")]
+    Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The database rejected a write that breaks one of its integrity rules.
+    #[error("{rule}: {message}")]
+    Integrity {
+        /// The rule that was broken.
+        rule: IntegrityRule,
+        /// PostgreSQL's message, naming the rows involved.
+        message: String,
+    },
+    /// Any other failed query.
+    #[error("query failed: {0}")]
+    Query(#[source] DieselError),
+}
+
+impl From<DieselError> for Error {
+    /// Sorts database errors that name one of the schema's integrity rules
+    /// into [`Error::Integrity`]; everything else stays a [`Error::Query`].
+    fn from(error: DieselError) -> Self {
+        if let DieselError::DatabaseError(kind, info) = &error {
+            let rule = info.constraint_name().and_then(IntegrityRule::from_constraint);
+            if let Some(rule) = rule.filter(|rule| rule.kind_matches(kind)) {
+                return Error::Integrity {
+                    rule,
+                    message: info.message().to_owned(),
+                };
+            }
+        }
+        Error::Query(error)
+    }
+}
+
+/// The integrity rules the schema enforces itself, whoever writes the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum IntegrityRule {
+    /// An edge from a step to itself.
+    #[error("a step cannot depend on itself")]
+    SelfEdge,
+    /// The same parent and child joined twice.
+    #[error("duplicate edge between two steps")]
+    DuplicateEdge,
+    /// An edge between steps of two different tasks.
+    #[error("an edge must join steps of the same task")]
+    CrossTaskEdge,
+    /// An edge that would make the step graph cyclic.
+    #[error("the step graph must stay acyclic")]
+    Cycle,
+    /// A change of a step's `task_id`.
+    #[error("a step cannot move to another task")]
+    StepMovedToAnotherTask,
+    /// A step template used twice in one task.
+    #[error("a step template appears at most once per task")]
+    DuplicateStepInTask,
+    /// A second `most_recent` transition for one step.
+    #[error("a step has at most one most recent transition")]
+    SecondCurrentStepTransition,
+    /// A `sort_key` used twice in one step's history.
+    #[error("step transition sort keys are unique per step")]
+    DuplicateStepSortKey,
+    /// A second `most_recent` transition for one task.
+    #[error("a task has at most one most recent transition")]
+    SecondCurrentTaskTransition,
+    /// A `sort_key` used twice in one task's history.
+    #[error("task transition sort keys are unique per task")]
+    DuplicateTaskSortKey,
+    /// A second task with the same identity hash.
+    #[error("a task's identity hash is unique")]
+    DuplicateIdentityHash,
+}
+
+/// Each rule with the constraint (or unique index) that enforces it and the
+/// kind of error PostgreSQL raises for it.
+const CONSTRAINTS: &[(&str, IntegrityRule, RuleKind)] = &[
+    ("tasker_workflow_step_edges_not_self_check", IntegrityRule::SelfEdge, RuleKind::Check),
+    ("tasker_workflow_step_edges_from_to_key", IntegrityRule::DuplicateEdge, RuleKind::Unique),
+    ("tasker_workflow_step_edges_same_task", IntegrityRule::CrossTaskEdge, RuleKind::Check),
+    ("tasker_workflow_step_edges_acyclic", IntegrityRule::Cycle, RuleKind::Check),
+    ("tasker_workflow_steps_task_id_fixed", IntegrityRule::StepMovedToAnotherTask, RuleKind::Check),
+    ("tasker_workflow_steps_task_named_step_key", IntegrityRule::DuplicateStepInTask, RuleKind::Unique),
+    (
+        "tasker_workflow_step_transitions_most_recent_idx",
+        IntegrityRule::SecondCurrentStepTransition,
+        RuleKind::Unique,
+    ),
+    (
+        "tasker_workflow_step_transitions_step_sort_key_key",
+        IntegrityRule::DuplicateStepSortKey,
+        RuleKind::Unique,
+    ),
+    (
+        "tasker_task_transitions_most_recent_idx",
+        IntegrityRule::SecondCurrentTaskTransition,
+        RuleKind::Unique,
+    ),
+    ("tasker_task_transitions_task_sort_key_key", IntegrityRule::DuplicateTaskSortKey, RuleKind::Unique),
+    ("tasker_tasks_identity_hash_key", IntegrityRule::DuplicateIdentityHash, RuleKind::Unique),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleKind {
+    Unique,
+    Check,
+}
+
+impl IntegrityRule {
+    /// The rule a constraint or unique index of the schema enforces.
+    pub fn from_constraint(name: &str) -> Option<Self> {
+        CONSTRAINTS
+            .iter()
+            .find(|(constraint, ..)| *constraint == name)
+            .map(|&(_, rule, _)| rule)
+    }
+
+    /// The name of the constraint or unique index that enforces the rule.
+    pub fn constraint_name(self) -> &'static str {
+        CONSTRAINTS
+            .iter()
+            .find(|&&(_, rule, _)| rule == self)
+            .map(|&(name, ..)| name)
+            .expect("every rule has a constraint")
+    }
+
+    fn kind_matches(self, kind: &DatabaseErrorKind) -> bool {
+        let expected = CONSTRAINTS
+            .iter()
+            .find(|&&(_, rule, _)| rule == self)
+            .map(|&(.., kind)| kind);
+        matches!(
+            (expected, kind),
+            (Some(RuleKind::Unique), DatabaseErrorKind::UniqueViolation)
+                | (Some(RuleKind::Check), DatabaseErrorKind::CheckViolation)
+        )
+    }
+}

@@ -1,0 +1,59 @@
+//! Task instances.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::models::NamedTask;
+use crate::schema::tasker_tasks;
+
+/// One run of a task template. Its state is in [`crate::models::TaskTransition`].
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Queryable,
+    Selectable,
+    Identifiable,
+    Associations,
+    Serialize,
+    Deserialize,
+)]
+#[diesel(table_name = tasker_tasks, primary_key(task_id))]
+#[diesel(belongs_to(NamedTask, foreign_key = named_task_id))]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct Task {
+    pub task_id: i64,
+    pub named_task_id: i32,
+    /// True once the task has been finalized as complete.
+    pub complete: bool,
+    pub requested_at: NaiveDateTime,
+    pub initiator: Option<String>,
+    pub source_system: Option<String>,
+    pub reason: Option<String>,
+    pub bypass_steps: Option<Value>,
+    pub tags: Option<Value>,
+    pub context: Option<Value>,
+    /// Unique: the same request always maps to the same task.
+    pub identity_hash: String,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A task to insert; `None` fields take the SQL defaults (`complete` false,
+/// `requested_at` now in UTC) or stay NULL.
+#[derive(Debug, Clone, Copy, Insertable, Serialize)]
+#[diesel(table_name = tasker_tasks)]
+pub struct NewTask<'a> {
+    pub named_task_id: i32,
+    pub identity_hash: &'a str,
+    pub complete: Option<bool>,
+    pub requested_at: Option<NaiveDateTime>,
+    pub initiator: Option<&'a str>,
+    pub source_system: Option<&'a str>,
+    pub reason: Option<&'a str>,
+    pub bypass_steps: Option<&'a Value>,
+    pub tags: Option<&'a Value>,
+    pub context: Option<&'a Value>,
+}

@@ -1,0 +1,30 @@
+//! Test support: a freshly migrated database per test, on a real PostgreSQL.
+//!
+//! ```no_run
+//! use tasker_diesel::testing::TestDatabase;
+//!
+//! let db = TestDatabase::new();
+//! let mut conn = db.connection();
+//! // ... the database is dropped when `db` goes out of scope.
+//! ```
+//!
+//! Which server the databases live on is decided once per process:
+//!
+//! 1. `DATABASE_URL`, when set: databases are created beside the one it names
+//!    (the role needs `CREATEDB`).
+//! 2. Otherwise the local server at `postgres://postgres@127.0.0.1:5432`, when
+//!    one answers.
+//! 3. Otherwise a throwaway cluster ([`LocalCluster`]) started from the
+//!    system's PostgreSQL binaries and removed when the process exits.
+//!
+//! Each [`TestDatabase`] is cloned from a template database that is migrated
+//! once per set of migration files and reused across test runs, so a new
+//! database costs one `CREATE DATABASE ... TEMPLATE`, not a migration run.
+
+mod cluster;
+mod database;
+mod server;
+
+pub use cluster::LocalCluster;
+pub use database::TestDatabase;
+pub use server::server_url;

@@ -1,0 +1,111 @@
+//! Rows that many tests need: a catalog, a task and its steps.
+
+#![allow(dead_code)]
+
+use diesel::prelude::*;
+use tasker_diesel::models::*;
+use tasker_diesel::schema::*;
+
+/// A task template with `step_count` step templates, a task of it and one
+/// step instance per template.
+pub struct Fixture {
+    pub named_task: NamedTask,
+    pub named_steps: Vec<NamedStep>,
+    pub task: Task,
+    pub steps: Vec<WorkflowStep>,
+}
+
+/// Inserts the catalog rows (once per database) and a new task with
+/// `step_count` steps and no edges.
+pub fn task_with_steps(conn: &mut PgConnection, step_count: usize) -> Fixture {
+    let namespace: TaskNamespace = insert_or_find_namespace(conn);
+    let system: DependentSystem = diesel::insert_into(tasker_dependent_systems::table)
+        .values(NewDependentSystem { name: "billing", description: None })
+        .on_conflict(tasker_dependent_systems::name)
+        .do_update()
+        .set(tasker_dependent_systems::name.eq(tasker_dependent_systems::name))
+        .get_result(conn)
+        .expect("dependent system");
+    let named_task: NamedTask = diesel::insert_into(tasker_named_tasks::table)
+        .values(NewNamedTask {
+            task_namespace_id: namespace.task_namespace_id,
+            name: "process_order",
+            version: "1.0.0",
+            description: None,
+            configuration: None,
+        })
+        .on_conflict((
+            tasker_named_tasks::task_namespace_id,
+            tasker_named_tasks::name,
+            tasker_named_tasks::version,
+        ))
+        .do_update()
+        .set(tasker_named_tasks::name.eq(tasker_named_tasks::name))
+        .get_result(conn)
+        .expect("named task");
+    let named_steps: Vec<NamedStep> = (0..step_count)
+        .map(|index| {
+            diesel::insert_into(tasker_named_steps::table)
+                .values(NewNamedStep {
+                    dependent_system_id: system.dependent_system_id,
+                    name: &format!("step_{index}"),
+                    description: None,
+                })
+                .on_conflict((tasker_named_steps::dependent_system_id, tasker_named_steps::name))
+                .do_update()
+                .set(tasker_named_steps::name.eq(tasker_named_steps::name))
+                .get_result(conn)
+                .expect("named step")
+        })
+        .collect();
+    let identity = format!("task-{}", next_task_number(conn));
+    let task: Task = diesel::insert_into(tasker_tasks::table)
+        .values(NewTask {
+            named_task_id: named_task.named_task_id,
+            identity_hash: &identity,
+            complete: None,
+            requested_at: None,
+            initiator: None,
+            source_system: None,
+            reason: None,
+            bypass_steps: None,
+            tags: None,
+            context: None,
+        })
+        .get_result(conn)
+        .expect("task");
+    let new_steps: Vec<NewWorkflowStep> = named_steps
+        .iter()
+        .map(|named_step| NewWorkflowStep {
+            task_id: task.task_id,
+            named_step_id: named_step.named_step_id,
+            ..NewWorkflowStep::default()
+        })
+        .collect();
+    let steps = diesel::insert_into(tasker_workflow_steps::table)
+        .values(&new_steps)
+        .get_results(conn)
+        .expect("workflow steps");
+    Fixture { named_task, named_steps, task, steps }
+}
+
+fn insert_or_find_namespace(conn: &mut PgConnection) -> TaskNamespace {
+    diesel::insert_into(tasker_task_namespaces::table)
+        .values(NewTaskNamespace { name: "default", description: None })
+        .on_conflict(tasker_task_namespaces::name)
+        .do_update()
+        .set(tasker_task_namespaces::name.eq(tasker_task_namespaces::name))
+        .get_result(conn)
+        .expect("namespace")
+}
+
+fn next_task_number(conn: &mut PgConnection) -> i64 {
+    tasker_tasks::table.count().get_result(conn).expect("count tasks")
+}
+
+/// Inserts the edge `from -> to` (parent to child).
+pub fn add_edge(conn: &mut PgConnection, from: i64, to: i64) -> QueryResult<WorkflowStepEdge> {
+    diesel::insert_into(tasker_workflow_step_edges::table)
+        .values(NewWorkflowStepEdge { from_step_id: from, to_step_id: to, name: "provides" })
+        .get_result(conn)
+}

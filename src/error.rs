@@ -35,7 +35,9 @@ impl From<DieselError> for Error {
     /// into [`Error::Integrity`]; everything else stays a [`Error::Query`].
     fn from(error: DieselError) -> Self {
         if let DieselError::DatabaseError(kind, info) = &error {
-            let rule = info.constraint_name().and_then(IntegrityRule::from_constraint);
+            let rule = info
+                .constraint_name()
+                .and_then(IntegrityRule::from_constraint);
             if let Some(rule) = rule.filter(|rule| rule.kind_matches(kind)) {
                 return Error::Integrity {
                     rule,
@@ -88,12 +90,36 @@ pub enum IntegrityRule {
 /// Each rule with the constraint (or unique index) that enforces it and the
 /// kind of error PostgreSQL raises for it.
 const CONSTRAINTS: &[(&str, IntegrityRule, RuleKind)] = &[
-    ("tasker_workflow_step_edges_not_self_check", IntegrityRule::SelfEdge, RuleKind::Check),
-    ("tasker_workflow_step_edges_from_to_key", IntegrityRule::DuplicateEdge, RuleKind::Unique),
-    ("tasker_workflow_step_edges_same_task", IntegrityRule::CrossTaskEdge, RuleKind::Check),
-    ("tasker_workflow_step_edges_acyclic", IntegrityRule::Cycle, RuleKind::Check),
-    ("tasker_workflow_steps_task_id_fixed", IntegrityRule::StepMovedToAnotherTask, RuleKind::Check),
-    ("tasker_workflow_steps_task_named_step_key", IntegrityRule::DuplicateStepInTask, RuleKind::Unique),
+    (
+        "tasker_workflow_step_edges_not_self_check",
+        IntegrityRule::SelfEdge,
+        RuleKind::Check,
+    ),
+    (
+        "tasker_workflow_step_edges_from_to_key",
+        IntegrityRule::DuplicateEdge,
+        RuleKind::Unique,
+    ),
+    (
+        "tasker_workflow_step_edges_same_task",
+        IntegrityRule::CrossTaskEdge,
+        RuleKind::Check,
+    ),
+    (
+        "tasker_workflow_step_edges_acyclic",
+        IntegrityRule::Cycle,
+        RuleKind::Check,
+    ),
+    (
+        "tasker_workflow_steps_task_id_fixed",
+        IntegrityRule::StepMovedToAnotherTask,
+        RuleKind::Check,
+    ),
+    (
+        "tasker_workflow_steps_task_named_step_key",
+        IntegrityRule::DuplicateStepInTask,
+        RuleKind::Unique,
+    ),
     (
         "tasker_workflow_step_transitions_most_recent_idx",
         IntegrityRule::SecondCurrentStepTransition,
@@ -109,8 +135,16 @@ const CONSTRAINTS: &[(&str, IntegrityRule, RuleKind)] = &[
         IntegrityRule::SecondCurrentTaskTransition,
         RuleKind::Unique,
     ),
-    ("tasker_task_transitions_task_sort_key_key", IntegrityRule::DuplicateTaskSortKey, RuleKind::Unique),
-    ("tasker_tasks_identity_hash_key", IntegrityRule::DuplicateIdentityHash, RuleKind::Unique),
+    (
+        "tasker_task_transitions_task_sort_key_key",
+        IntegrityRule::DuplicateTaskSortKey,
+        RuleKind::Unique,
+    ),
+    (
+        "tasker_tasks_identity_hash_key",
+        IntegrityRule::DuplicateIdentityHash,
+        RuleKind::Unique,
+    ),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

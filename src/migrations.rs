@@ -23,7 +23,9 @@ const MIGRATION_LOCK_KEY: i64 = 0x7461_736b_6572;
 /// session-level advisory lock, and the later ones find nothing to do.
 pub fn run_pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
     with_migration_lock(conn, |conn| {
-        let applied = conn.run_pending_migrations(MIGRATIONS).map_err(Error::Migration)?;
+        let applied = conn
+            .run_pending_migrations(MIGRATIONS)
+            .map_err(Error::Migration)?;
         Ok(applied.iter().map(ToString::to_string).collect())
     })
 }
@@ -31,7 +33,9 @@ pub fn run_pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
 /// Reverts every applied migration, newest first, and returns their versions.
 pub fn revert_all_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
     with_migration_lock(conn, |conn| {
-        let reverted = conn.revert_all_migrations(MIGRATIONS).map_err(Error::Migration)?;
+        let reverted = conn
+            .revert_all_migrations(MIGRATIONS)
+            .map_err(Error::Migration)?;
         Ok(reverted.iter().map(ToString::to_string).collect())
     })
 }

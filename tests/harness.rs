@@ -63,7 +63,9 @@ fn a_throwaway_cluster_starts_serves_and_cleans_up() {
         #[diesel(sql_type = Text)]
         fsync: String,
     }
-    let setting: Setting = diesel::sql_query("SHOW fsync").get_result(&mut conn).unwrap();
+    let setting: Setting = diesel::sql_query("SHOW fsync")
+        .get_result(&mut conn)
+        .unwrap();
     assert_eq!(setting.fsync, "off");
 
     drop(conn);

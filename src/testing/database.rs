@@ -54,6 +54,16 @@ impl TestDatabase {
             .get_or_init(|| create_template(server).map_err(|error| error.to_string()))
             .clone()
             .map_err(|message| Error::Migration(message.into()))?;
+        Self::create(server, TEMPLATE)
+    }
+
+    /// Creates an empty database, with no migration applied (to test the
+    /// migrations themselves).
+    pub fn try_empty() -> Result<Self> {
+        Self::create(server_url(), "template0")
+    }
+
+    fn create(server: &str, template: &str) -> Result<Self> {
         let name = format!(
             "tasker_test_{}_{}_{:08x}",
             std::process::id(),
@@ -61,9 +71,9 @@ impl TestDatabase {
             clock_nanos()
         );
         let mut admin = PgConnection::establish(server)?;
-        // Identifiers cannot be bound; both names are made here from [a-z0-9_].
+        // Identifiers cannot be bound; both names are made in this module from [a-z0-9_].
         retry_while_in_use(|| {
-            sql_query(format!(r#"CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE}""#))
+            sql_query(format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#))
                 .execute(&mut admin)
         })?;
         Ok(TestDatabase {
@@ -88,8 +98,9 @@ impl TestDatabase {
     ///
     /// When the connection fails.
     pub fn connection(&self) -> PgConnection {
-        PgConnection::establish(&self.url)
-            .unwrap_or_else(|error| panic!("cannot connect to test database {}: {error}", self.name))
+        PgConnection::establish(&self.url).unwrap_or_else(|error| {
+            panic!("cannot connect to test database {}: {error}", self.name)
+        })
     }
 
     /// A new r2d2 pool of connections to the database.
@@ -113,8 +124,11 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         // FORCE ends the connections a test left open.
         let dropped = PgConnection::establish(server_url()).map(|mut admin| {
-            sql_query(format!(r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#, self.name))
-                .execute(&mut admin)
+            sql_query(format!(
+                r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+                self.name
+            ))
+            .execute(&mut admin)
         });
         if !matches!(dropped, Ok(Ok(_))) && !thread::panicking() {
             eprintln!("tasker-diesel: could not drop test database {}", self.name);
@@ -153,14 +167,20 @@ fn build_template_unless_present(server: &str, admin: &mut PgConnection) -> Resu
         return Ok(());
     }
     let building = format!("{TEMPLATE}_building");
-    sql_query(format!(r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#)).execute(admin)?;
+    sql_query(format!(
+        r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#
+    ))
+    .execute(admin)?;
     sql_query(format!(r#"CREATE DATABASE "{building}""#)).execute(admin)?;
     {
         let mut conn = PgConnection::establish(&url_with_database(server, &building))?;
         run_pending_migrations(&mut conn)?;
     }
     retry_while_in_use(|| {
-        sql_query(format!(r#"ALTER DATABASE "{building}" RENAME TO "{TEMPLATE}""#)).execute(admin)
+        sql_query(format!(
+            r#"ALTER DATABASE "{building}" RENAME TO "{TEMPLATE}""#
+        ))
+        .execute(admin)
     })?;
     Ok(())
 }
@@ -211,10 +231,19 @@ mod tests {
     fn url_with_database_replaces_only_the_database() {
         let cases = [
             ("postgres://u@h:5432/postgres", "postgres://u@h:5432/t1"),
-            ("postgres://u@h:5432/postgres?sslmode=disable", "postgres://u@h:5432/t1?sslmode=disable"),
+            (
+                "postgres://u@h:5432/postgres?sslmode=disable",
+                "postgres://u@h:5432/t1?sslmode=disable",
+            ),
             ("postgres://u@h", "postgres://u@h/t1"),
-            ("postgres://u@h?connect_timeout=5", "postgres://u@h/t1?connect_timeout=5"),
-            ("host=h user=u dbname=postgres", "host=h user=u dbname=postgres dbname=t1"),
+            (
+                "postgres://u@h?connect_timeout=5",
+                "postgres://u@h/t1?connect_timeout=5",
+            ),
+            (
+                "host=h user=u dbname=postgres",
+                "host=h user=u dbname=postgres dbname=t1",
+            ),
         ];
         for (url, expected) in cases {
             assert_eq!(url_with_database(url, "t1"), expected, "from {url}");

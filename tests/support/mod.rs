@@ -20,7 +20,10 @@ pub struct Fixture {
 pub fn task_with_steps(conn: &mut PgConnection, step_count: usize) -> Fixture {
     let namespace: TaskNamespace = insert_or_find_namespace(conn);
     let system: DependentSystem = diesel::insert_into(tasker_dependent_systems::table)
-        .values(NewDependentSystem { name: "billing", description: None })
+        .values(NewDependentSystem {
+            name: "billing",
+            description: None,
+        })
         .on_conflict(tasker_dependent_systems::name)
         .do_update()
         .set(tasker_dependent_systems::name.eq(tasker_dependent_systems::name))
@@ -51,7 +54,10 @@ pub fn task_with_steps(conn: &mut PgConnection, step_count: usize) -> Fixture {
                     name: &format!("step_{index}"),
                     description: None,
                 })
-                .on_conflict((tasker_named_steps::dependent_system_id, tasker_named_steps::name))
+                .on_conflict((
+                    tasker_named_steps::dependent_system_id,
+                    tasker_named_steps::name,
+                ))
                 .do_update()
                 .set(tasker_named_steps::name.eq(tasker_named_steps::name))
                 .get_result(conn)
@@ -86,12 +92,20 @@ pub fn task_with_steps(conn: &mut PgConnection, step_count: usize) -> Fixture {
         .values(&new_steps)
         .get_results(conn)
         .expect("workflow steps");
-    Fixture { named_task, named_steps, task, steps }
+    Fixture {
+        named_task,
+        named_steps,
+        task,
+        steps,
+    }
 }
 
 fn insert_or_find_namespace(conn: &mut PgConnection) -> TaskNamespace {
     diesel::insert_into(tasker_task_namespaces::table)
-        .values(NewTaskNamespace { name: "default", description: None })
+        .values(NewTaskNamespace {
+            name: "default",
+            description: None,
+        })
         .on_conflict(tasker_task_namespaces::name)
         .do_update()
         .set(tasker_task_namespaces::name.eq(tasker_task_namespaces::name))
@@ -100,12 +114,19 @@ fn insert_or_find_namespace(conn: &mut PgConnection) -> TaskNamespace {
 }
 
 fn next_task_number(conn: &mut PgConnection) -> i64 {
-    tasker_tasks::table.count().get_result(conn).expect("count tasks")
+    tasker_tasks::table
+        .count()
+        .get_result(conn)
+        .expect("count tasks")
 }
 
 /// Inserts the edge `from -> to` (parent to child).
 pub fn add_edge(conn: &mut PgConnection, from: i64, to: i64) -> QueryResult<WorkflowStepEdge> {
     diesel::insert_into(tasker_workflow_step_edges::table)
-        .values(NewWorkflowStepEdge { from_step_id: from, to_step_id: to, name: "provides" })
+        .values(NewWorkflowStepEdge {
+            from_step_id: from,
+            to_step_id: to,
+            name: "provides",
+        })
         .get_result(conn)
 }

@@ -1,0 +1,177 @@
+//! The migrations apply on an empty database and every down.sql undoes its up.sql.
+
+use std::thread;
+
+use diesel::migration::{Migration, MigrationSource};
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use diesel_migrations::MigrationHarness;
+use tasker_diesel::migrations::{
+    revert_all_migrations, run_pending_migrations, schema_version, MIGRATIONS,
+};
+use tasker_diesel::testing::TestDatabase;
+
+/// Every object of the public schema and its shape, one per line and sorted,
+/// leaving out Diesel's own bookkeeping table.
+const SCHEMA_FINGERPRINT: &str = r#"
+SELECT coalesce(string_agg(item, E'\n' ORDER BY item), '') AS fingerprint
+FROM (
+    SELECT format('relation %s kind %s', c.relname, c.relkind) AS item
+      FROM pg_class c
+     WHERE c.relnamespace = 'public'::regnamespace
+    UNION ALL
+    SELECT format('column %s.%s %s not null %s default %s', c.relname, a.attname,
+                  format_type(a.atttypid, a.atttypmod), a.attnotnull,
+                  pg_get_expr(d.adbin, d.adrelid))
+      FROM pg_attribute a
+      JOIN pg_class c ON c.oid = a.attrelid
+      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT format('index %s', pg_get_indexdef(i.indexrelid))
+      FROM pg_index i
+      JOIN pg_class c ON c.oid = i.indrelid
+     WHERE c.relnamespace = 'public'::regnamespace
+    UNION ALL
+    SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid))
+      FROM pg_constraint
+     WHERE connamespace = 'public'::regnamespace
+    UNION ALL
+    SELECT format('type %s', typname)
+      FROM pg_type
+     WHERE typnamespace = 'public'::regnamespace
+    UNION ALL
+    SELECT format('function %s', oid::regprocedure)
+      FROM pg_proc
+     WHERE pronamespace = 'public'::regnamespace
+    UNION ALL
+    SELECT format('trigger %s', pg_get_triggerdef(oid))
+      FROM pg_trigger
+     WHERE NOT tgisinternal
+    UNION ALL
+    SELECT format('comment %s %s %s', classoid::regclass, objsubid, description)
+      FROM pg_description
+     WHERE objoid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace
+                      UNION ALL SELECT oid FROM pg_proc WHERE pronamespace = 'public'::regnamespace
+                      UNION ALL SELECT oid FROM pg_type WHERE typnamespace = 'public'::regnamespace)
+) items
+WHERE item NOT LIKE '%\_\_diesel\_schema\_migrations%'
+"#;
+
+#[derive(QueryableByName)]
+struct Fingerprint {
+    #[diesel(sql_type = Text)]
+    fingerprint: String,
+}
+
+fn fingerprint(conn: &mut PgConnection) -> String {
+    diesel::sql_query(SCHEMA_FINGERPRINT)
+        .get_result::<Fingerprint>(conn)
+        .unwrap()
+        .fingerprint
+}
+
+fn all_migrations() -> Vec<Box<dyn Migration<Pg>>> {
+    MigrationSource::<Pg>::migrations(&MIGRATIONS).unwrap()
+}
+
+fn empty_database() -> TestDatabase {
+    TestDatabase::try_empty().expect("create an empty database")
+}
+
+#[test]
+fn migrations_apply_to_an_empty_database_and_revert_completely() {
+    let db = empty_database();
+    let mut conn = db.connection();
+    let empty = fingerprint(&mut conn);
+    assert_eq!(empty, "", "the database starts empty");
+
+    let applied = run_pending_migrations(&mut conn).unwrap();
+    assert_eq!(applied.len(), all_migrations().len());
+    assert_eq!(schema_version(&mut conn).unwrap().as_ref(), applied.last());
+    let migrated = fingerprint(&mut conn);
+    for table in [
+        "tasker_task_namespaces",
+        "tasker_dependent_systems",
+        "tasker_named_tasks",
+        "tasker_named_steps",
+        "tasker_named_tasks_named_steps",
+        "tasker_tasks",
+        "tasker_workflow_steps",
+        "tasker_workflow_step_edges",
+        "tasker_workflow_step_transitions",
+        "tasker_task_transitions",
+        "tasker_annotation_types",
+        "tasker_task_annotations",
+        "tasker_dependent_system_object_maps",
+    ] {
+        assert!(
+            migrated.contains(&format!("relation {table} kind r")),
+            "{table} missing"
+        );
+    }
+
+    let reverted = revert_all_migrations(&mut conn).unwrap();
+    assert_eq!(reverted.len(), applied.len());
+    assert_eq!(
+        fingerprint(&mut conn),
+        empty,
+        "revert_all left objects behind"
+    );
+    assert_eq!(schema_version(&mut conn).unwrap(), None);
+}
+
+#[test]
+fn each_migration_reverts_to_the_schema_before_it() {
+    let db = empty_database();
+    let mut conn = db.connection();
+    // Creates Diesel's bookkeeping table, which run_migration expects.
+    assert_eq!(schema_version(&mut conn).unwrap(), None);
+    let migrations = all_migrations();
+    for migration in &migrations {
+        let before = fingerprint(&mut conn);
+        conn.run_migration(migration).unwrap();
+        let after = fingerprint(&mut conn);
+        assert_ne!(before, after, "{} changed nothing", migration.name());
+        conn.revert_migration(migration).unwrap();
+        assert_eq!(
+            fingerprint(&mut conn),
+            before,
+            "{} did not revert cleanly",
+            migration.name()
+        );
+        conn.run_migration(migration).unwrap();
+        assert_eq!(
+            fingerprint(&mut conn),
+            after,
+            "{} does not reapply the same",
+            migration.name()
+        );
+    }
+}
+
+#[test]
+fn concurrent_migration_runs_apply_each_migration_once() {
+    let db = empty_database();
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let url = db.url().to_owned();
+            thread::spawn(move || {
+                let mut conn = PgConnection::establish(&url).unwrap();
+                run_pending_migrations(&mut conn).unwrap().len()
+            })
+        })
+        .collect();
+    let mut applied: Vec<usize> = runs.into_iter().map(|run| run.join().unwrap()).collect();
+    applied.sort();
+    let total = all_migrations().len();
+    assert_eq!(applied, vec![0, 0, total]);
+}
+
+#[test]
+fn migrating_a_migrated_database_does_nothing() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    assert!(run_pending_migrations(&mut conn).unwrap().is_empty());
+}

@@ -11,7 +11,6 @@ pub mod migrations;
 pub mod models;
 pub mod pool;
 #[rustfmt::skip]
-#[allow(missing_docs)]
 pub mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -278,36 +278,36 @@ fn step_template_appears_at_most_once_per_task() {
     assert_eq!(broken_rule(result), IntegrityRule::DuplicateStepInTask);
 }
 
-fn step_transition(
-    step: i64,
-    to: StepState,
-    sort_key: i32,
-    most_recent: bool,
-) -> NewWorkflowStepTransition<'static> {
-    NewWorkflowStepTransition {
-        workflow_step_id: step,
-        to_state: to,
-        from_state: None,
-        metadata: None,
-        sort_key,
-        most_recent,
-    }
+fn insert_step_transition(
+    conn: &mut PgConnection,
+    (step, to_state, sort_key, most_recent): (i64, StepState, i32, bool),
+) -> QueryResult<usize> {
+    diesel::insert_into(tasker_workflow_step_transitions::table)
+        .values(NewWorkflowStepTransition {
+            workflow_step_id: step,
+            to_state,
+            from_state: None,
+            metadata: None,
+            sort_key,
+            most_recent,
+        })
+        .execute(conn)
 }
 
-fn task_transition(
-    task: i64,
-    to: TaskState,
-    sort_key: i32,
-    most_recent: bool,
-) -> NewTaskTransition<'static> {
-    NewTaskTransition {
-        task_id: task,
-        to_state: to,
-        from_state: None,
-        metadata: None,
-        sort_key,
-        most_recent,
-    }
+fn insert_task_transition(
+    conn: &mut PgConnection,
+    (task, to_state, sort_key, most_recent): (i64, TaskState, i32, bool),
+) -> QueryResult<usize> {
+    diesel::insert_into(tasker_task_transitions::table)
+        .values(NewTaskTransition {
+            task_id: task,
+            to_state,
+            from_state: None,
+            metadata: None,
+            sort_key,
+            most_recent,
+        })
+        .execute(conn)
 }
 
 #[test]
@@ -315,30 +315,14 @@ fn step_has_at_most_one_most_recent_transition() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let step = step_ids(&task_with_steps(&mut conn, 1))[0];
-    let insert = |conn: &mut PgConnection, row| {
-        diesel::insert_into(tasker_workflow_step_transitions::table)
-            .values(row)
-            .execute(conn)
-    };
-    insert(
-        &mut conn,
-        step_transition(step, StepState::InProgress, 1, true),
-    )
-    .unwrap();
-    let second = insert(
-        &mut conn,
-        step_transition(step, StepState::Complete, 2, true),
-    );
+    insert_step_transition(&mut conn, (step, StepState::InProgress, 1, true)).unwrap();
+    let second = insert_step_transition(&mut conn, (step, StepState::Complete, 2, true));
     assert_eq!(
         broken_rule(second),
         IntegrityRule::SecondCurrentStepTransition
     );
-    // Earlier rows that are not most recent are unlimited.
-    insert(
-        &mut conn,
-        step_transition(step, StepState::Pending, 0, false),
-    )
-    .unwrap();
+    // Earlier rows, not most recent, are unlimited.
+    insert_step_transition(&mut conn, (step, StepState::Pending, 0, false)).unwrap();
 }
 
 #[test]
@@ -346,55 +330,24 @@ fn step_transition_sort_keys_are_unique_per_step() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let steps = step_ids(&task_with_steps(&mut conn, 2));
-    let insert = |conn: &mut PgConnection, row| {
-        diesel::insert_into(tasker_workflow_step_transitions::table)
-            .values(row)
-            .execute(conn)
-    };
-    insert(
-        &mut conn,
-        step_transition(steps[0], StepState::InProgress, 1, false),
-    )
-    .unwrap();
-    insert(
-        &mut conn,
-        step_transition(steps[1], StepState::InProgress, 1, false),
-    )
-    .unwrap();
-    let duplicate = insert(
-        &mut conn,
-        step_transition(steps[0], StepState::Complete, 1, true),
-    );
+    insert_step_transition(&mut conn, (steps[0], StepState::InProgress, 1, false)).unwrap();
+    insert_step_transition(&mut conn, (steps[1], StepState::InProgress, 1, false)).unwrap();
+    let duplicate = insert_step_transition(&mut conn, (steps[0], StepState::Complete, 1, true));
     assert_eq!(broken_rule(duplicate), IntegrityRule::DuplicateStepSortKey);
 }
 
 #[test]
-fn task_has_at_most_one_most_recent_transition() {
+fn task_has_at_most_one_most_recent_transition_and_unique_sort_keys() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let task = task_with_steps(&mut conn, 0).task.task_id;
-    let insert = |conn: &mut PgConnection, row| {
-        diesel::insert_into(tasker_task_transitions::table)
-            .values(row)
-            .execute(conn)
-    };
-    insert(
-        &mut conn,
-        task_transition(task, TaskState::InProgress, 1, true),
-    )
-    .unwrap();
-    let second = insert(
-        &mut conn,
-        task_transition(task, TaskState::Complete, 2, true),
-    );
+    insert_task_transition(&mut conn, (task, TaskState::InProgress, 1, true)).unwrap();
+    let second = insert_task_transition(&mut conn, (task, TaskState::Complete, 2, true));
     assert_eq!(
         broken_rule(second),
         IntegrityRule::SecondCurrentTaskTransition
     );
-    let duplicate = insert(
-        &mut conn,
-        task_transition(task, TaskState::Complete, 1, false),
-    );
+    let duplicate = insert_task_transition(&mut conn, (task, TaskState::Complete, 1, false));
     assert_eq!(broken_rule(duplicate), IntegrityRule::DuplicateTaskSortKey);
 }
 
@@ -427,18 +380,10 @@ fn identity_hash_is_unique() {
     let mut conn = db.connection();
     let existing = task_with_steps(&mut conn, 0).task;
     let result = diesel::insert_into(tasker_tasks::table)
-        .values(NewTask {
-            named_task_id: existing.named_task_id,
-            identity_hash: &existing.identity_hash,
-            complete: None,
-            requested_at: None,
-            initiator: None,
-            source_system: None,
-            reason: None,
-            bypass_steps: None,
-            tags: None,
-            context: None,
-        })
+        .values(NewTask::new(
+            existing.named_task_id,
+            &existing.identity_hash,
+        ))
         .execute(&mut conn);
     assert_eq!(broken_rule(result), IntegrityRule::DuplicateIdentityHash);
 }

@@ -131,16 +131,13 @@ fn task_and_step_rows_round_trip() {
         .unwrap();
     let task: Task = diesel::insert_into(tasker_tasks::table)
         .values(NewTask {
-            named_task_id: fixture.named_task.named_task_id,
-            identity_hash: "order-42",
-            complete: None,
             requested_at: Some(requested_at),
             initiator: Some("alice"),
             source_system: Some("web"),
             reason: Some("customer request"),
-            bypass_steps: None,
             tags: Some(&tags),
             context: Some(&context),
+            ..NewTask::new(fixture.named_task.named_task_id, "order-42")
         })
         .get_result(&mut conn)
         .unwrap();

@@ -57,3 +57,21 @@ pub struct NewTask<'a> {
     pub tags: Option<&'a Value>,
     pub context: Option<&'a Value>,
 }
+
+impl<'a> NewTask<'a> {
+    /// A task of template `named_task_id` with every optional field unset.
+    pub fn new(named_task_id: i32, identity_hash: &'a str) -> Self {
+        NewTask {
+            named_task_id,
+            identity_hash,
+            complete: None,
+            requested_at: None,
+            initiator: None,
+            source_system: None,
+            reason: None,
+            bypass_steps: None,
+            tags: None,
+            context: None,
+        }
+    }
+}

@@ -66,18 +66,7 @@ pub fn task_with_steps(conn: &mut PgConnection, step_count: usize) -> Fixture {
         .collect();
     let identity = format!("task-{}", next_task_number(conn));
     let task: Task = diesel::insert_into(tasker_tasks::table)
-        .values(NewTask {
-            named_task_id: named_task.named_task_id,
-            identity_hash: &identity,
-            complete: None,
-            requested_at: None,
-            initiator: None,
-            source_system: None,
-            reason: None,
-            bypass_steps: None,
-            tags: None,
-            context: None,
-        })
+        .values(NewTask::new(named_task.named_task_id, &identity))
         .get_result(conn)
         .expect("task");
     let new_steps: Vec<NewWorkflowStep> = named_steps

@@ -31,14 +31,14 @@ pub enum Error {
 }
 
 impl From<DieselError> for Error {
-    /// Sorts database errors that name one of the schema's integrity rules
+    /// Sorts database errors raised by one of the schema's integrity rules
     /// into [`Error::Integrity`]; everything else stays a [`Error::Query`].
     fn from(error: DieselError) -> Self {
         if let DieselError::DatabaseError(kind, info) = &error {
             let rule = info
                 .constraint_name()
-                .and_then(IntegrityRule::from_constraint);
-            if let Some(rule) = rule.filter(|rule| rule.kind_matches(kind)) {
+                .and_then(|constraint| IntegrityRule::raised_by(constraint, kind));
+            if let Some(rule) = rule {
                 return Error::Integrity {
                     rule,
                     message: info.message().to_owned(),
@@ -171,15 +171,32 @@ impl IntegrityRule {
             .expect("every rule has a constraint")
     }
 
-    fn kind_matches(self, kind: &DatabaseErrorKind) -> bool {
-        let expected = CONSTRAINTS
+    /// The rule behind an error of `kind` that names `constraint`.
+    fn raised_by(constraint: &str, kind: &DatabaseErrorKind) -> Option<Self> {
+        CONSTRAINTS
             .iter()
-            .find(|&&(_, rule, _)| rule == self)
-            .map(|&(.., kind)| kind);
-        matches!(
-            (expected, kind),
-            (Some(RuleKind::Unique), DatabaseErrorKind::UniqueViolation)
-                | (Some(RuleKind::Check), DatabaseErrorKind::CheckViolation)
-        )
+            .find(|&&(name, _, rule_kind)| {
+                name == constraint
+                    && matches!(
+                        (rule_kind, kind),
+                        (RuleKind::Unique, DatabaseErrorKind::UniqueViolation)
+                            | (RuleKind::Check, DatabaseErrorKind::CheckViolation)
+                    )
+            })
+            .map(|&(_, rule, _)| rule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_has_one_constraint_and_back() {
+        for &(name, rule, _) in CONSTRAINTS {
+            assert_eq!(IntegrityRule::from_constraint(name), Some(rule));
+            assert_eq!(rule.constraint_name(), name);
+        }
+        assert_eq!(IntegrityRule::from_constraint("tasker_tasks_pkey"), None);
     }
 }

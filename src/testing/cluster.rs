@@ -121,16 +121,21 @@ impl LocalCluster {
         loop {
             match PgConnection::establish(&probe) {
                 Ok(_) => return Ok(()),
-                Err(error) if Instant::now() >= deadline => {
+                Err(error) if Instant::now() >= deadline || self.server_stopped() => {
                     return Err(io::Error::other(format!(
-                        "PostgreSQL did not accept connections within {START_TIMEOUT:?} \
-                         ({error}); server log:\n{}",
+                        "PostgreSQL stopped or did not accept connections within \
+                         {START_TIMEOUT:?} ({error}); server log:\n{}",
                         self.server_log()
                     )));
                 }
                 Err(_) => thread::sleep(Duration::from_millis(50)),
             }
         }
+    }
+
+    /// Whether the server has exited (for example its port was taken).
+    fn server_stopped(&self) -> bool {
+        self.server_log().contains("database system is shut down")
     }
 
     fn server_log(&self) -> String {

@@ -1,12 +1,3 @@
-//! The PostgreSQL core of a workflow engine for synchronous Rust services.
-//!
-//! The crate owns the Tasker schema (its Diesel migrations, embedded in
-//! [`migrations::MIGRATIONS`]), typed models of every table ([`models`]) and
-//! the state enums ([`enums`]), plus connection helpers ([`pool`]). With the
-//! `testing` feature, `testing` hands each test a freshly migrated database.
-//!
-//! The README follows; its Rust examples are compiled as doc tests.
-#![doc = ""]
 #![doc = include_str!("../README.md")]
 
 pub mod enums;

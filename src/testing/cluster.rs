@@ -237,13 +237,7 @@ fn server_owner() -> io::Result<Option<(u32, u32)>> {
 /// A new empty directory under the system's temporary directory, owned by the
 /// user the server will run as.
 fn make_base_dir(owner: Option<(u32, u32)>) -> io::Result<PathBuf> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "tasker-diesel-pg-{}-{stamp:08x}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("tasker-diesel-pg-{}", super::unique_suffix()));
     fs::create_dir(&dir)?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).inspect_err(|_| remove_dir(&dir))?;

@@ -1,6 +1,5 @@
 //! A migrated database of its own for each test, cloned from a template.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
@@ -23,7 +22,6 @@ const TEMPLATE: &str = concat!("tasker_template_", env!("TASKER_MIGRATIONS_DIGES
 const TEMPLATE_LOCK_KEY: i64 = 0x7461_736b_6574;
 
 static TEMPLATE_READY: OnceLock<std::result::Result<(), String>> = OnceLock::new();
-static NEXT_DATABASE: AtomicU32 = AtomicU32::new(0);
 
 /// A freshly migrated database that exists until this value is dropped.
 ///
@@ -64,12 +62,7 @@ impl TestDatabase {
     }
 
     fn create(server: &str, template: &str) -> Result<Self> {
-        let name = format!(
-            "tasker_test_{}_{}_{:08x}",
-            std::process::id(),
-            NEXT_DATABASE.fetch_add(1, Ordering::Relaxed),
-            clock_nanos()
-        );
+        let name = format!("tasker_test_{}", super::unique_suffix());
         let mut admin = PgConnection::establish(server)?;
         // Identifiers cannot be bound; both names are made in this module from [a-z0-9_].
         retry_while_in_use(|| {
@@ -215,12 +208,6 @@ fn url_with_database(url: &str, database: &str) -> String {
         .find('/')
         .map_or(query_start, |offset| authority_start + offset);
     format!("{}/{database}{}", &url[..path_start], &url[query_start..])
-}
-
-fn clock_nanos() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.subsec_nanos())
 }
 
 #[cfg(test)]

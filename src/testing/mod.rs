@@ -28,3 +28,18 @@ mod server;
 pub use cluster::LocalCluster;
 pub use database::TestDatabase;
 pub use server::server_url;
+
+/// A name part unique to this process and call: process id, a counter and
+/// the clock's nanoseconds (against pid reuse across runs).
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.subsec_nanos());
+    format!(
+        "{}_{}_{nanos:08x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -175,3 +175,33 @@ fn migrating_a_migrated_database_does_nothing() {
     let mut conn = db.connection();
     assert!(run_pending_migrations(&mut conn).unwrap().is_empty());
 }
+
+#[derive(QueryableByName, Debug)]
+struct RedundantIndex {
+    #[diesel(sql_type = Text)]
+    redundant: String,
+    #[diesel(sql_type = Text)]
+    covered_by: String,
+}
+
+#[test]
+fn no_index_repeats_the_leading_columns_of_another() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    // A plain (non-unique, non-partial) index whose columns lead another index
+    // of the same table only costs writes: the other index serves its reads.
+    // Slicing both key vectors gives both arrays the same bounds, which `=` compares.
+    let redundant: Vec<RedundantIndex> = diesel::sql_query(
+        "SELECT a.indexrelid::regclass::text AS redundant, b.indexrelid::regclass::text AS covered_by
+           FROM pg_index a
+           JOIN pg_index b ON b.indrelid = a.indrelid AND b.indexrelid <> a.indexrelid
+          WHERE a.indrelid::regclass::text LIKE 'tasker\\_%'
+            AND NOT a.indisunique AND a.indpred IS NULL
+            AND b.indpred IS NULL
+            AND (b.indkey::int2[])[0:array_length(a.indkey::int2[], 1) - 1]
+              = (a.indkey::int2[])[0:array_length(a.indkey::int2[], 1) - 1]",
+    )
+    .load(&mut conn)
+    .unwrap();
+    assert!(redundant.is_empty(), "{redundant:?}");
+}

@@ -17,10 +17,10 @@ pub fn establish_connection(database_url: &str) -> Result<PgConnection> {
     Ok(PgConnection::establish(database_url)?)
 }
 
-/// A pool builder for `database_url` with r2d2's defaults (10 connections,
-/// checked on checkout), to adjust before calling `build`.
+/// A pool builder with r2d2's defaults (10 connections, each checked on
+/// checkout, 30 s to get one), to adjust before calling `build`.
 pub fn pool_builder() -> diesel::r2d2::Builder<ConnectionManager<PgConnection>> {
-    Pool::builder().test_on_check_out(true)
+    Pool::builder()
 }
 
 /// Builds a pool for `database_url`, failing if no connection can be opened.

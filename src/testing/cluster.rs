@@ -76,7 +76,7 @@ impl LocalCluster {
             )));
         }
 
-        let port = free_port()?;
+        let port = free_port().inspect_err(|_| remove_dir(&base_dir))?;
         let mut supervisor = Command::new("/bin/sh");
         supervisor
             .args(["-c", SUPERVISOR, "tasker-diesel-postgres"])

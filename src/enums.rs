@@ -1,8 +1,9 @@
 //! Rust enums for the PostgreSQL enum types of the schema.
 //!
-//! Each maps onto the SQL type that `diesel print-schema` generated in
-//! [`crate::schema::sql_types`], so a value that is not a variant can neither
-//! be stored nor loaded.
+//! Each maps onto its SQL type: the state enums onto those that `diesel
+//! print-schema` generated in [`crate::schema::sql_types`], the status enums of
+//! function rows onto [`sql_types`] here. A value that is not a variant can
+//! neither be stored nor loaded: loading one is an error, never a default.
 
 use std::fmt;
 
@@ -79,3 +80,78 @@ lifecycle_state!(
     TaskState,
     "crate::schema::sql_types::TaskerTaskState"
 );
+
+/// SQL types of the enums that only function rows use, so `diesel print-schema`
+/// (which follows table columns) does not generate them. `DbEnum` derives their
+/// `Clone` and `Copy`.
+pub mod sql_types {
+    /// The `tasker_execution_status` SQL type.
+    #[derive(Debug, diesel::query_builder::QueryId, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "tasker_execution_status"))]
+    pub struct TaskerExecutionStatus;
+
+    /// The `tasker_recommended_action` SQL type.
+    #[derive(Debug, diesel::query_builder::QueryId, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "tasker_recommended_action"))]
+    pub struct TaskerRecommendedAction;
+
+    /// The `tasker_health_status` SQL type.
+    #[derive(Debug, diesel::query_builder::QueryId, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "tasker_health_status"))]
+    pub struct TaskerHealthStatus;
+}
+
+/// What a task is doing, as its execution context reports it (SQL type
+/// `tasker_execution_status`). Variants are in the order the rules are tried.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, DbEnum, Serialize, Deserialize,
+)]
+#[ExistingTypePath = "crate::enums::sql_types::TaskerExecutionStatus"]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    /// At least one step is ready to run.
+    HasReadySteps,
+    /// Nothing is ready and some step is in progress.
+    Processing,
+    /// Nothing is ready or running and a step has failed for good.
+    BlockedByFailures,
+    /// Every step is complete, resolved manually or cancelled.
+    AllComplete,
+    /// Steps wait for their parents or for a backoff to pass.
+    WaitingForDependencies,
+}
+
+/// What the orchestrator should do next with a task (SQL type
+/// `tasker_recommended_action`); one per [`ExecutionStatus`].
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, DbEnum, Serialize, Deserialize,
+)]
+#[ExistingTypePath = "crate::enums::sql_types::TaskerRecommendedAction"]
+#[serde(rename_all = "snake_case")]
+pub enum RecommendedAction {
+    /// Hand the ready steps to workers.
+    ExecuteReadySteps,
+    /// Wait for the running steps.
+    WaitForCompletion,
+    /// A step failed for good: resolve it manually or give up on the task.
+    HandleFailures,
+    /// Mark the task complete.
+    FinalizeTask,
+    /// Check again later.
+    WaitForDependencies,
+}
+
+/// A task's health (SQL type `tasker_health_status`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, DbEnum, Serialize, Deserialize,
+)]
+#[ExistingTypePath = "crate::enums::sql_types::TaskerHealthStatus"]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// No step is in error.
+    Healthy,
+    /// Some step is in error, but it may be retried or other work is ready.
+    Recovering,
+    /// A step failed for good and nothing is ready.
+    Blocked,
+}

@@ -5,12 +5,18 @@ pub mod error;
 pub mod migrations;
 pub mod models;
 pub mod pool;
+pub mod readiness;
 #[rustfmt::skip]
 pub mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use enums::{StepState, TaskState};
+pub use bigdecimal::BigDecimal;
+pub use enums::{ExecutionStatus, HealthStatus, RecommendedAction, StepState, TaskState};
 pub use error::{Error, IntegrityRule, Result};
 pub use migrations::{run_pending_migrations, MIGRATIONS};
 pub use pool::{build_pool, establish_connection, PgPool, PooledPgConnection};
+pub use readiness::{
+    DependencyLevel, StepReadinessQuery, StepReadinessStatus, SystemHealthCounts,
+    TaskExecutionContext,
+};

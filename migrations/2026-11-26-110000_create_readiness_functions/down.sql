@@ -1,0 +1,14 @@
+DROP FUNCTION get_system_health_counts();
+DROP FUNCTION calculate_dependency_levels(bigint);
+DROP FUNCTION get_task_execution_context(bigint);
+DROP FUNCTION get_task_execution_contexts_batch(bigint[]);
+DROP FUNCTION tasker_task_execution_context(tasker_tasks);
+DROP TYPE tasker_task_execution_context_row;
+DROP FUNCTION get_step_readiness_status(bigint, bigint[]);
+DROP FUNCTION get_step_readiness_status_batch(bigint[]);
+DROP FUNCTION get_step_readiness_status(bigint[]);
+DROP FUNCTION tasker_step_readiness(tasker_workflow_steps);
+DROP TYPE tasker_step_readiness_row;
+DROP TYPE tasker_health_status;
+DROP TYPE tasker_recommended_action;
+DROP TYPE tasker_execution_status;

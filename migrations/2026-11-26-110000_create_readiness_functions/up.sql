@@ -1,0 +1,372 @@
+-- Readiness and execution-context functions (SPEC.md sections 3 to 5).
+--
+-- Every rule is written once, in two inner functions that take one row:
+--   tasker_step_readiness(step)          the readiness row of one step (section 3)
+--   tasker_task_execution_context(task)  the context row of one task (section 4)
+-- The public functions only choose rows by the ids they are given and call them.
+--
+-- Plans. All functions are plain `LANGUAGE sql`, STABLE, not STRICT, with no SET clause
+-- and one SELECT each, so PostgreSQL inlines them into the calling statement (no
+-- "Function Scan" in EXPLAIN): there is no PL/pgSQL plan cache to go stale. The caller's
+-- own prepared statement may switch to a generic plan after five runs, so every query is
+-- shaped to have one good plan whatever the values: the given ids drive the outer loop and
+-- every join is an index probe on a primary key, a unique key or the leading column of an
+-- index (edges by child, current transition by the unique partial `most_recent` index).
+-- With the values unknown the planner sees the same shape, and it keeps nested loops of
+-- index probes; no query reads a table by anything but those ids.
+--
+-- Time is `now() AT TIME ZONE 'UTC'`, the transaction's start in UTC, whatever the
+-- session's TimeZone.
+
+CREATE TYPE tasker_execution_status AS ENUM (
+    'has_ready_steps',
+    'processing',
+    'blocked_by_failures',
+    'all_complete',
+    'waiting_for_dependencies'
+);
+COMMENT ON TYPE tasker_execution_status IS
+    'What a task is doing, as get_task_execution_context reports it.';
+
+CREATE TYPE tasker_recommended_action AS ENUM (
+    'execute_ready_steps',
+    'wait_for_completion',
+    'handle_failures',
+    'finalize_task',
+    'wait_for_dependencies'
+);
+COMMENT ON TYPE tasker_recommended_action IS
+    'What the orchestrator should do next with a task; one per execution status.';
+
+CREATE TYPE tasker_health_status AS ENUM ('healthy', 'recovering', 'blocked');
+COMMENT ON TYPE tasker_health_status IS
+    'healthy: no step in error; blocked: a step failed for good and nothing is ready; recovering: otherwise.';
+
+CREATE TYPE tasker_step_readiness_row AS (
+    workflow_step_id bigint,
+    task_id bigint,
+    named_step_id integer,
+    name text,
+    current_state tasker_step_state,
+    dependencies_satisfied boolean,
+    retry_eligible boolean,
+    ready_for_execution boolean,
+    last_failure_at timestamp,
+    next_retry_at timestamp,
+    total_parents integer,
+    completed_parents integer,
+    attempts integer,
+    retry_limit integer,
+    backoff_request_seconds integer,
+    last_attempted_at timestamp
+);
+COMMENT ON TYPE tasker_step_readiness_row IS
+    'A row of get_step_readiness_status and its companions (SPEC.md section 3).';
+
+CREATE FUNCTION tasker_step_readiness(step tasker_workflow_steps)
+RETURNS SETOF tasker_step_readiness_row
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT
+        step.workflow_step_id,
+        step.task_id,
+        step.named_step_id,
+        named.name::text,
+        state.current_state,
+        parents.total = parents.completed,
+        retry.eligible,
+        state.current_state IN ('pending', 'error')
+            AND NOT step.processed
+            AND NOT step.in_process
+            AND parents.total = parents.completed
+            AND retry.eligible
+            AND (gate.next_retry_at IS NULL
+                 OR gate.next_retry_at <= (now() AT TIME ZONE 'UTC')),
+        state.last_failure_at,
+        gate.next_retry_at,
+        parents.total,
+        parents.completed,
+        retry.attempts,
+        retry.retry_limit,
+        step.backoff_request_seconds,
+        step.last_attempted_at
+    FROM tasker_named_steps AS named
+    -- Rules 1 and 5: the current transition, if any.
+    LEFT JOIN tasker_workflow_step_transitions AS latest
+        ON latest.workflow_step_id = step.workflow_step_id AND latest.most_recent
+    CROSS JOIN LATERAL (
+        SELECT coalesce(latest.to_state, 'pending') AS current_state,
+               CASE WHEN latest.to_state = 'error' THEN latest.created_at END AS last_failure_at
+    ) AS state
+    -- Rule 2: every parent, whichever steps were asked for.
+    CROSS JOIN LATERAL (
+        SELECT count(*)::integer AS total,
+               (count(*) FILTER (
+                   WHERE parent.to_state IN ('complete', 'resolved_manually')))::integer AS completed
+        FROM tasker_workflow_step_edges AS edge
+        LEFT JOIN tasker_workflow_step_transitions AS parent
+            ON parent.workflow_step_id = edge.from_step_id AND parent.most_recent
+        WHERE edge.to_step_id = step.workflow_step_id
+    ) AS parents
+    -- Rules 3 and 4.
+    CROSS JOIN LATERAL (
+        SELECT coalesce(step.attempts, 0) AS attempts,
+               coalesce(step.retry_limit, 3) AS retry_limit
+    ) AS counted
+    CROSS JOIN LATERAL (
+        SELECT counted.attempts,
+               counted.retry_limit,
+               counted.attempts < counted.retry_limit
+                   AND (step.retryable OR counted.attempts = 0) AS eligible
+    ) AS retry
+    -- Rule 6: greatest() skips a gate that is NULL, and is NULL when both are.
+    CROSS JOIN LATERAL (
+        SELECT greatest(
+                   step.last_attempted_at + step.backoff_request_seconds * interval '1 second',
+                   state.last_failure_at
+                       + least(30, 1 << least(coalesce(step.attempts, 1), 5)) * interval '1 second'
+               ) AS next_retry_at
+    ) AS gate
+    WHERE named.named_step_id = step.named_step_id
+$$;
+COMMENT ON FUNCTION tasker_step_readiness(tasker_workflow_steps) IS
+    'The readiness row of one step (SPEC.md section 3): the only definition of the readiness rules, called by every readiness and context function. Index probes only: the current transition of the step and of each parent.';
+
+CREATE FUNCTION get_step_readiness_status(step_ids bigint[])
+RETURNS SETOF tasker_step_readiness_row
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT readiness.*
+    FROM tasker_workflow_steps AS step
+    CROSS JOIN LATERAL tasker_step_readiness(step) AS readiness
+    WHERE step.workflow_step_id = ANY (get_step_readiness_status.step_ids)
+    ORDER BY readiness.task_id, readiness.workflow_step_id
+$$;
+COMMENT ON FUNCTION get_step_readiness_status(bigint[]) IS
+    'Readiness of the given steps, one row per existing step (unknown ids give no row, duplicates one row, an empty or NULL array no rows), ordered by (task_id, workflow_step_id). Parents are read whichever steps are asked for. Cost: index probes per step and parent, independent of table size.';
+
+CREATE FUNCTION get_step_readiness_status_batch(task_ids bigint[])
+RETURNS SETOF tasker_step_readiness_row
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT readiness.*
+    FROM tasker_workflow_steps AS step
+    CROSS JOIN LATERAL tasker_step_readiness(step) AS readiness
+    WHERE step.task_id = ANY (get_step_readiness_status_batch.task_ids)
+    ORDER BY readiness.task_id, readiness.workflow_step_id
+$$;
+COMMENT ON FUNCTION get_step_readiness_status_batch(bigint[]) IS
+    'Readiness of every step of the given tasks (unknown ids and duplicates add nothing, NULL gives no rows), ordered by (task_id, workflow_step_id). Cost: index probes per step and parent, independent of table size.';
+
+CREATE FUNCTION get_step_readiness_status(task_id bigint, step_ids bigint[] DEFAULT NULL)
+RETURNS SETOF tasker_step_readiness_row
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT readiness.*
+    FROM get_step_readiness_status_batch(ARRAY[get_step_readiness_status.task_id]) AS readiness
+    WHERE get_step_readiness_status.step_ids IS NULL
+       OR readiness.workflow_step_id = ANY (get_step_readiness_status.step_ids)
+$$;
+COMMENT ON FUNCTION get_step_readiness_status(bigint, bigint[]) IS
+    'Tasker-compatible form: readiness of the steps of one task, all of them when step_ids is NULL, else those of step_ids that belong to the task; ordered by workflow_step_id. A NULL task_id gives no rows.';
+
+CREATE TYPE tasker_task_execution_context_row AS (
+    task_id bigint,
+    named_task_id integer,
+    status tasker_task_state,
+    total_steps bigint,
+    pending_steps bigint,
+    in_progress_steps bigint,
+    completed_steps bigint,
+    failed_steps bigint,
+    cancelled_steps bigint,
+    ready_steps bigint,
+    execution_status tasker_execution_status,
+    recommended_action tasker_recommended_action,
+    completion_percentage numeric,
+    health_status tasker_health_status
+);
+COMMENT ON TYPE tasker_task_execution_context_row IS
+    'A row of get_task_execution_context and get_task_execution_contexts_batch (SPEC.md section 4).';
+
+CREATE FUNCTION tasker_task_execution_context(task tasker_tasks)
+RETURNS SETOF tasker_task_execution_context_row
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT
+        task.task_id,
+        task.named_task_id,
+        coalesce(latest.to_state, 'pending'),
+        steps.total,
+        steps.pending,
+        steps.in_progress,
+        steps.completed,
+        steps.failed,
+        steps.cancelled,
+        steps.ready,
+        outcome.execution_status,
+        CASE outcome.execution_status
+            WHEN 'has_ready_steps' THEN 'execute_ready_steps'
+            WHEN 'processing' THEN 'wait_for_completion'
+            WHEN 'blocked_by_failures' THEN 'handle_failures'
+            WHEN 'all_complete' THEN 'finalize_task'
+            WHEN 'waiting_for_dependencies' THEN 'wait_for_dependencies'
+        END::tasker_recommended_action,
+        CASE WHEN steps.total = 0 THEN 0.00
+             ELSE round(100.0 * steps.completed / steps.total, 2)
+        END,
+        CASE WHEN steps.failed = 0 THEN 'healthy'
+             WHEN steps.permanently_failed > 0 AND steps.ready = 0 THEN 'blocked'
+             ELSE 'recovering'
+        END::tasker_health_status
+    FROM (
+        SELECT count(*) AS total,
+               count(*) FILTER (WHERE readiness.current_state = 'pending') AS pending,
+               count(*) FILTER (WHERE readiness.current_state = 'in_progress') AS in_progress,
+               count(*) FILTER (
+                   WHERE readiness.current_state IN ('complete', 'resolved_manually')) AS completed,
+               count(*) FILTER (WHERE readiness.current_state = 'error') AS failed,
+               count(*) FILTER (WHERE readiness.current_state = 'cancelled') AS cancelled,
+               count(*) FILTER (WHERE readiness.ready_for_execution) AS ready,
+               count(*) FILTER (
+                   WHERE readiness.current_state = 'error'
+                     AND NOT readiness.retry_eligible) AS permanently_failed
+        FROM tasker_workflow_steps AS step
+        CROSS JOIN LATERAL tasker_step_readiness(step) AS readiness
+        WHERE step.task_id = task.task_id
+    ) AS steps
+    LEFT JOIN tasker_task_transitions AS latest
+        ON latest.task_id = task.task_id AND latest.most_recent
+    -- First match wins.
+    CROSS JOIN LATERAL (
+        SELECT CASE
+            WHEN steps.ready > 0 THEN 'has_ready_steps'
+            WHEN steps.in_progress > 0 THEN 'processing'
+            WHEN steps.permanently_failed > 0 THEN 'blocked_by_failures'
+            WHEN steps.total > 0 AND steps.completed + steps.cancelled = steps.total
+                THEN 'all_complete'
+            ELSE 'waiting_for_dependencies'
+        END::tasker_execution_status AS execution_status
+    ) AS outcome
+$$;
+COMMENT ON FUNCTION tasker_task_execution_context(tasker_tasks) IS
+    'The execution-context row of one task (SPEC.md section 4): the only definition of the context rules, built on tasker_step_readiness. Cost: the readiness probes of the task''s steps.';
+
+CREATE FUNCTION get_task_execution_contexts_batch(task_ids bigint[])
+RETURNS SETOF tasker_task_execution_context_row
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT context.*
+    FROM tasker_tasks AS task
+    CROSS JOIN LATERAL tasker_task_execution_context(task) AS context
+    WHERE task.task_id = ANY (get_task_execution_contexts_batch.task_ids)
+    ORDER BY context.task_id
+$$;
+COMMENT ON FUNCTION get_task_execution_contexts_batch(bigint[]) IS
+    'Execution context of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id.';
+
+CREATE FUNCTION get_task_execution_context(task_id bigint)
+RETURNS SETOF tasker_task_execution_context_row
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT * FROM get_task_execution_contexts_batch(ARRAY[get_task_execution_context.task_id])
+$$;
+COMMENT ON FUNCTION get_task_execution_context(bigint) IS
+    'Execution context of one task: one row for an existing task, none for an unknown or NULL id.';
+
+CREATE FUNCTION calculate_dependency_levels(task_id bigint)
+RETURNS TABLE (workflow_step_id bigint, dependency_level integer)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    -- UNION (not UNION ALL) keeps one row per (step, level), so the walk is bounded by
+    -- steps times depth rather than by the number of paths, which grows exponentially.
+    WITH RECURSIVE walk (step_id, level) AS (
+        SELECT root.workflow_step_id, 0
+        FROM tasker_workflow_steps AS root
+        WHERE root.task_id = calculate_dependency_levels.task_id
+          AND NOT EXISTS (
+              SELECT FROM tasker_workflow_step_edges AS edge
+              WHERE edge.to_step_id = root.workflow_step_id)
+        UNION
+        SELECT edge.to_step_id, walk.level + 1
+        FROM walk
+        JOIN tasker_workflow_step_edges AS edge ON edge.from_step_id = walk.step_id
+    )
+    SELECT walk.step_id, max(walk.level)
+    FROM walk
+    GROUP BY walk.step_id
+    ORDER BY max(walk.level), walk.step_id
+$$;
+COMMENT ON FUNCTION calculate_dependency_levels(bigint) IS
+    'Each step of the task with its longest distance from a root (roots are level 0), ordered by level then step id. No rows for an unknown task.';
+
+CREATE FUNCTION get_system_health_counts()
+RETURNS TABLE (
+    total_tasks bigint,
+    pending_tasks bigint,
+    in_progress_tasks bigint,
+    complete_tasks bigint,
+    error_tasks bigint,
+    cancelled_tasks bigint,
+    resolved_manually_tasks bigint,
+    total_steps bigint,
+    pending_steps bigint,
+    in_progress_steps bigint,
+    complete_steps bigint,
+    error_steps bigint,
+    cancelled_steps bigint,
+    resolved_manually_steps bigint,
+    retryable_error_steps bigint,
+    exhausted_retry_steps bigint,
+    active_connections bigint,
+    max_connections integer
+)
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    -- An entity is pending unless its current transition says otherwise, so pending is
+    -- the total minus the entities currently in another state.
+    WITH task_states AS (
+        SELECT to_state, count(*) AS n
+        FROM tasker_task_transitions
+        WHERE most_recent AND to_state <> 'pending'
+        GROUP BY to_state
+    ), step_states AS (
+        SELECT to_state, count(*) AS n
+        FROM tasker_workflow_step_transitions
+        WHERE most_recent AND to_state <> 'pending'
+        GROUP BY to_state
+    ), tasks AS (
+        SELECT count(*) AS n FROM tasker_tasks
+    ), steps AS (
+        SELECT count(*) AS n FROM tasker_workflow_steps
+    ), failed AS (
+        SELECT count(*) FILTER (WHERE readiness.retry_eligible) AS retryable,
+               count(*) FILTER (WHERE NOT readiness.retry_eligible) AS exhausted
+        FROM tasker_workflow_step_transitions AS latest
+        JOIN tasker_workflow_steps AS step ON step.workflow_step_id = latest.workflow_step_id
+        CROSS JOIN LATERAL tasker_step_readiness(step) AS readiness
+        WHERE latest.most_recent AND latest.to_state = 'error'
+    )
+    SELECT
+        tasks.n,
+        tasks.n - (SELECT coalesce(sum(n), 0) FROM task_states)::bigint,
+        coalesce((SELECT n FROM task_states WHERE to_state = 'in_progress'), 0),
+        coalesce((SELECT n FROM task_states WHERE to_state = 'complete'), 0),
+        coalesce((SELECT n FROM task_states WHERE to_state = 'error'), 0),
+        coalesce((SELECT n FROM task_states WHERE to_state = 'cancelled'), 0),
+        coalesce((SELECT n FROM task_states WHERE to_state = 'resolved_manually'), 0),
+        steps.n,
+        steps.n - (SELECT coalesce(sum(n), 0) FROM step_states)::bigint,
+        coalesce((SELECT n FROM step_states WHERE to_state = 'in_progress'), 0),
+        coalesce((SELECT n FROM step_states WHERE to_state = 'complete'), 0),
+        coalesce((SELECT n FROM step_states WHERE to_state = 'error'), 0),
+        coalesce((SELECT n FROM step_states WHERE to_state = 'cancelled'), 0),
+        coalesce((SELECT n FROM step_states WHERE to_state = 'resolved_manually'), 0),
+        failed.retryable,
+        failed.exhausted,
+        (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'),
+        current_setting('max_connections')::integer
+    FROM tasks, steps, failed
+$$;
+COMMENT ON FUNCTION get_system_health_counts() IS
+    'One row of monitoring counts: tasks and steps by current state (no transition counts as pending), steps in error that may be retried and that may not, client connections and max_connections. Cost grows linearly with the tables: it counts tasks and steps and reads the current-transition indexes in full (index-only scans once vacuumed), plus readiness probes for steps in error. Poll it every few seconds, not per request.';

@@ -1,0 +1,61 @@
+//! System-wide monitoring counts.
+
+use diesel::pg::Pg;
+use diesel::sql_types::{BigInt, Integer};
+use diesel::{PgConnection, QueryResult, QueryableByName, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+
+use super::FunctionCall;
+
+/// Tasks and steps by current state (no transition counts as pending),
+/// failed steps by whether they may be retried, and connection usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
+#[diesel(check_for_backend(Pg))]
+pub struct SystemHealthCounts {
+    #[diesel(sql_type = BigInt)]
+    pub total_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    pub pending_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    pub in_progress_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    pub complete_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    pub error_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    pub cancelled_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    pub resolved_manually_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    pub total_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    pub pending_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    pub in_progress_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    pub complete_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    pub error_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    pub cancelled_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    pub resolved_manually_steps: i64,
+    /// Steps in `Error` that are still retry eligible.
+    #[diesel(sql_type = BigInt)]
+    pub retryable_error_steps: i64,
+    /// Steps in `Error` that have used up their attempts.
+    #[diesel(sql_type = BigInt)]
+    pub exhausted_retry_steps: i64,
+    /// Client connections to the server, all databases.
+    #[diesel(sql_type = BigInt)]
+    pub active_connections: i64,
+    /// The server's `max_connections`.
+    #[diesel(sql_type = Integer)]
+    pub max_connections: i32,
+}
+
+/// The counts (`get_system_health_counts`). They cost a pass over the task,
+/// step and current-transition indexes: poll every few seconds, not per request.
+pub fn get_system_health_counts(conn: &mut PgConnection) -> QueryResult<SystemHealthCounts> {
+    FunctionCall::new("get_system_health_counts", ()).get_result(conn)
+}

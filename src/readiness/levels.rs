@@ -1,0 +1,28 @@
+//! Dependency levels of a task's steps.
+
+use diesel::pg::Pg;
+use diesel::sql_types::{BigInt, Integer};
+use diesel::{IntoSql, PgConnection, QueryResult, QueryableByName, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+
+use super::FunctionCall;
+
+/// A step and its longest distance from a root of its task's DAG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
+#[diesel(check_for_backend(Pg))]
+pub struct DependencyLevel {
+    #[diesel(sql_type = BigInt)]
+    pub workflow_step_id: i64,
+    /// 0 for a root.
+    #[diesel(sql_type = Integer)]
+    pub dependency_level: i32,
+}
+
+/// Every step of the task with its level (`calculate_dependency_levels`),
+/// ordered by level then step id; empty for an unknown task.
+pub fn calculate_dependency_levels(
+    conn: &mut PgConnection,
+    task_id: i64,
+) -> QueryResult<Vec<DependencyLevel>> {
+    FunctionCall::new("calculate_dependency_levels", task_id.into_sql::<BigInt>()).load(conn)
+}

@@ -1,0 +1,18 @@
+//! Readiness and execution context: the rows of the schema's SQL functions
+//! (`SPEC.md` sections 3 to 5) and the queries that load them.
+//!
+//! The rules live in the database, written once; this module only calls the
+//! functions. Every statement is constant SQL text with bind parameters, so
+//! Diesel prepares it once per connection and reuses it.
+
+mod call;
+mod context;
+mod health;
+mod levels;
+mod step;
+
+pub use call::FunctionCall;
+pub use context::TaskExecutionContext;
+pub use health::{get_system_health_counts, SystemHealthCounts};
+pub use levels::{calculate_dependency_levels, DependencyLevel};
+pub use step::{StepReadinessQuery, StepReadinessStatus};

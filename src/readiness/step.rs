@@ -1,0 +1,241 @@
+//! Step readiness rows and the scopes that select them.
+
+use chrono::NaiveDateTime;
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp, Untyped};
+use diesel::{PgConnection, QueryResult, QueryableByName, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+
+use crate::enums::StepState;
+use crate::schema::sql_types::TaskerStepState;
+
+/// One row of `get_step_readiness_status` and its companions: whether a step
+/// may run now, and why not (`SPEC.md` section 3).
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
+#[diesel(check_for_backend(Pg))]
+pub struct StepReadinessStatus {
+    #[diesel(sql_type = BigInt)]
+    pub workflow_step_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub task_id: i64,
+    #[diesel(sql_type = Integer)]
+    pub named_step_id: i32,
+    /// The step template's name.
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    /// The state of the latest transition; `Pending` when there is none.
+    #[diesel(sql_type = TaskerStepState)]
+    pub current_state: StepState,
+    /// Every parent is `Complete` or `ResolvedManually` (true for a root).
+    #[diesel(sql_type = Bool)]
+    pub dependencies_satisfied: bool,
+    /// Attempts are below the limit, and a non-retryable step has none.
+    #[diesel(sql_type = Bool)]
+    pub retry_eligible: bool,
+    /// The step may be handed to a worker now.
+    #[diesel(sql_type = Bool)]
+    pub ready_for_execution: bool,
+    /// When the step entered its current `Error` state; `None` otherwise.
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    pub last_failure_at: Option<NaiveDateTime>,
+    /// The later of the requested and the failure backoff (UTC), if any applies.
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    pub next_retry_at: Option<NaiveDateTime>,
+    #[diesel(sql_type = Integer)]
+    pub total_parents: i32,
+    /// Parents that are `Complete` or `ResolvedManually`.
+    #[diesel(sql_type = Integer)]
+    pub completed_parents: i32,
+    /// Stored attempts, NULL read as 0.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// Stored retry limit, NULL read as 3.
+    #[diesel(sql_type = Integer)]
+    pub retry_limit: i32,
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub backoff_request_seconds: Option<i32>,
+    #[diesel(sql_type = Nullable<Timestamp>)]
+    pub last_attempted_at: Option<NaiveDateTime>,
+}
+
+impl StepReadinessStatus {
+    /// Readiness of the given steps (`get_step_readiness_status(step_ids)`):
+    /// one row per existing step, unknown ids skipped, duplicates once.
+    pub fn for_steps(step_ids: &[i64]) -> StepReadinessQuery {
+        StepReadinessQuery::new(Source::Steps(step_ids.to_vec()))
+    }
+
+    /// Readiness of every step of one task (`get_step_readiness_status(task_id)`).
+    pub fn for_task(task_id: i64) -> StepReadinessQuery {
+        StepReadinessQuery::new(Source::Task {
+            task_id,
+            step_ids: None,
+        })
+    }
+
+    /// Readiness of those `step_ids` that belong to `task_id`, the
+    /// Tasker-compatible `get_step_readiness_status(task_id, step_ids)`.
+    pub fn for_task_steps(task_id: i64, step_ids: &[i64]) -> StepReadinessQuery {
+        StepReadinessQuery::new(Source::Task {
+            task_id,
+            step_ids: Some(step_ids.to_vec()),
+        })
+    }
+
+    /// Readiness of every step of the given tasks
+    /// (`get_step_readiness_status_batch(task_ids)`).
+    pub fn for_tasks(task_ids: &[i64]) -> StepReadinessQuery {
+        StepReadinessQuery::new(Source::Tasks(task_ids.to_vec()))
+    }
+}
+
+/// Which SQL function chooses the steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Steps(Vec<i64>),
+    Task {
+        task_id: i64,
+        step_ids: Option<Vec<i64>>,
+    },
+    Tasks(Vec<i64>),
+}
+
+/// A condition on readiness rows, evaluated in SQL. The order of the variants
+/// is the order in the statement, so the same set of filters always gives
+/// the same SQL text (and one prepared statement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Filter {
+    ReadyForExecution,
+    BlockedByDependencies,
+    WaitingForBackoff,
+    PermanentlyFailed,
+    InState(StepState),
+}
+
+impl Filter {
+    fn walk_ast<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        match self {
+            Filter::ReadyForExecution => out.push_sql("readiness.ready_for_execution"),
+            Filter::BlockedByDependencies => out.push_sql("NOT readiness.dependencies_satisfied"),
+            Filter::WaitingForBackoff => out.push_sql(
+                "(readiness.current_state IN ('pending', 'error') AND readiness.retry_eligible \
+                 AND readiness.next_retry_at > (now() AT TIME ZONE 'UTC'))",
+            ),
+            Filter::PermanentlyFailed => out.push_sql(
+                "(readiness.current_state = 'error' AND NOT readiness.retry_eligible)",
+            ),
+            Filter::InState(state) => {
+                out.push_sql("readiness.current_state = ");
+                out.push_bind_param::<TaskerStepState, _>(state)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Readiness rows of some steps, narrowed by filters that run in SQL; load
+/// them with [`StepReadinessQuery::load`]. Rows come ordered by
+/// `(task_id, workflow_step_id)`.
+///
+/// ```no_run
+/// # fn demo(conn: &mut diesel::PgConnection) -> diesel::QueryResult<()> {
+/// use tasker_diesel::readiness::StepReadinessStatus;
+///
+/// let ready = StepReadinessStatus::for_task(42).ready_for_execution().load(conn)?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "a query does nothing until it is loaded"]
+pub struct StepReadinessQuery {
+    source: Source,
+    filters: Vec<Filter>,
+}
+
+impl StepReadinessQuery {
+    fn new(source: Source) -> Self {
+        StepReadinessQuery {
+            source,
+            filters: Vec::new(),
+        }
+    }
+
+    fn with(mut self, filter: Filter) -> Self {
+        if let Err(position) = self.filters.binary_search(&filter) {
+            self.filters.insert(position, filter);
+        }
+        self
+    }
+
+    /// Only steps that may run now.
+    pub fn ready_for_execution(self) -> Self {
+        self.with(Filter::ReadyForExecution)
+    }
+
+    /// Only steps with a parent that is not yet complete or resolved.
+    pub fn blocked_by_dependencies(self) -> Self {
+        self.with(Filter::BlockedByDependencies)
+    }
+
+    /// Only retry-eligible `Pending` or `Error` steps whose `next_retry_at`
+    /// is still in the future.
+    pub fn waiting_for_backoff(self) -> Self {
+        self.with(Filter::WaitingForBackoff)
+    }
+
+    /// Only steps in `Error` that may not be retried.
+    pub fn permanently_failed(self) -> Self {
+        self.with(Filter::PermanentlyFailed)
+    }
+
+    /// Only steps whose current state is `state`.
+    pub fn in_state(self, state: StepState) -> Self {
+        self.with(Filter::InState(state))
+    }
+
+    /// Runs the query.
+    pub fn load(self, conn: &mut PgConnection) -> QueryResult<Vec<StepReadinessStatus>> {
+        RunQueryDsl::load(self, conn)
+    }
+}
+
+impl QueryFragment<Pg> for StepReadinessQuery {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("SELECT readiness.* FROM ");
+        match &self.source {
+            Source::Steps(step_ids) => {
+                out.push_sql("get_step_readiness_status(");
+                out.push_bind_param::<Array<BigInt>, _>(step_ids)?;
+            }
+            Source::Task { task_id, step_ids } => {
+                out.push_sql("get_step_readiness_status(");
+                out.push_bind_param::<BigInt, _>(task_id)?;
+                out.push_sql(", ");
+                out.push_bind_param::<Nullable<Array<BigInt>>, _>(step_ids)?;
+            }
+            Source::Tasks(task_ids) => {
+                out.push_sql("get_step_readiness_status_batch(");
+                out.push_bind_param::<Array<BigInt>, _>(task_ids)?;
+            }
+        }
+        out.push_sql(") AS readiness");
+        for (index, filter) in self.filters.iter().enumerate() {
+            out.push_sql(if index == 0 { " WHERE " } else { " AND " });
+            filter.walk_ast(&mut out)?;
+        }
+        out.push_sql(" ORDER BY readiness.task_id, readiness.workflow_step_id");
+        Ok(())
+    }
+}
+
+/// Keyed by its SQL text: one prepared statement per source and filter set.
+impl QueryId for StepReadinessQuery {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for StepReadinessQuery {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for StepReadinessQuery {}

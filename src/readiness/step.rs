@@ -122,9 +122,9 @@ impl Filter {
                 "(readiness.current_state IN ('pending', 'error') AND readiness.retry_eligible \
                  AND readiness.next_retry_at > (now() AT TIME ZONE 'UTC'))",
             ),
-            Filter::PermanentlyFailed => out.push_sql(
-                "(readiness.current_state = 'error' AND NOT readiness.retry_eligible)",
-            ),
+            Filter::PermanentlyFailed => {
+                out.push_sql("(readiness.current_state = 'error' AND NOT readiness.retry_eligible)")
+            }
             Filter::InState(state) => {
                 out.push_sql("readiness.current_state = ");
                 out.push_bind_param::<TaskerStepState, _>(state)?;

@@ -2,9 +2,11 @@
 
 #![allow(dead_code)]
 
+use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use tasker_diesel::models::*;
 use tasker_diesel::schema::*;
+use tasker_diesel::{StepState, TaskState};
 
 /// A task template with `step_count` step templates, a task of it and one
 /// step instance per template.
@@ -118,4 +120,95 @@ pub fn add_edge(conn: &mut PgConnection, from: i64, to: i64) -> QueryResult<Work
             name: "provides",
         })
         .get_result(conn)
+}
+
+/// Moves the step to `to`: clears the current transition's `most_recent` and
+/// appends the new one with the next `sort_key`, as the write path will.
+pub fn transition_step(conn: &mut PgConnection, step_id: i64, to: StepState) {
+    use tasker_workflow_step_transitions::dsl as t;
+    let current: Option<(StepState, i32)> = t::tasker_workflow_step_transitions
+        .filter(t::workflow_step_id.eq(step_id).and(t::most_recent))
+        .select((t::to_state, t::sort_key))
+        .first(conn)
+        .optional()
+        .expect("current step transition");
+    diesel::update(t::tasker_workflow_step_transitions)
+        .filter(t::workflow_step_id.eq(step_id).and(t::most_recent))
+        .set(t::most_recent.eq(false))
+        .execute(conn)
+        .expect("clear most_recent");
+    diesel::insert_into(t::tasker_workflow_step_transitions)
+        .values(NewWorkflowStepTransition {
+            workflow_step_id: step_id,
+            to_state: to,
+            from_state: current.map(|(state, _)| state),
+            metadata: None,
+            sort_key: current.map_or(1, |(_, key)| key + 1),
+            most_recent: true,
+        })
+        .execute(conn)
+        .expect("insert step transition");
+}
+
+/// Moves the step through each of `states` in turn.
+pub fn step_history(conn: &mut PgConnection, step_id: i64, states: &[StepState]) {
+    for state in states {
+        transition_step(conn, step_id, *state);
+    }
+}
+
+/// Moves the task to `to`, like [`transition_step`].
+pub fn transition_task(conn: &mut PgConnection, task_id: i64, to: TaskState) {
+    use tasker_task_transitions::dsl as t;
+    let current: Option<(TaskState, i32)> = t::tasker_task_transitions
+        .filter(t::task_id.eq(task_id).and(t::most_recent))
+        .select((t::to_state, t::sort_key))
+        .first(conn)
+        .optional()
+        .expect("current task transition");
+    diesel::update(t::tasker_task_transitions)
+        .filter(t::task_id.eq(task_id).and(t::most_recent))
+        .set(t::most_recent.eq(false))
+        .execute(conn)
+        .expect("clear most_recent");
+    diesel::insert_into(t::tasker_task_transitions)
+        .values(NewTaskTransition {
+            task_id,
+            to_state: to,
+            from_state: current.map(|(state, _)| state),
+            metadata: None,
+            sort_key: current.map_or(1, |(_, key)| key + 1),
+            most_recent: true,
+        })
+        .execute(conn)
+        .expect("insert task transition");
+}
+
+/// Sets the `created_at` of the step's current transition.
+pub fn current_transition_at(conn: &mut PgConnection, step_id: i64, at: NaiveDateTime) {
+    use tasker_workflow_step_transitions::dsl as t;
+    diesel::update(t::tasker_workflow_step_transitions)
+        .filter(t::workflow_step_id.eq(step_id).and(t::most_recent))
+        .set(t::created_at.eq(at))
+        .execute(conn)
+        .expect("move current transition in time");
+}
+
+/// The transaction's `now()` in UTC, as the readiness functions see it.
+pub fn utc_now(conn: &mut PgConnection) -> NaiveDateTime {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamp>(
+        "now() AT TIME ZONE 'UTC'",
+    ))
+    .get_result(conn)
+    .expect("now")
+}
+
+/// Four steps in a diamond: 0 → 1, 0 → 2, 1 → 3, 2 → 3.
+pub fn diamond(conn: &mut PgConnection) -> Fixture {
+    let fixture = task_with_steps(conn, 4);
+    let id = |index: usize| fixture.steps[index].workflow_step_id;
+    for (from, to) in [(0, 1), (0, 2), (1, 3), (2, 3)] {
+        add_edge(conn, id(from), id(to)).expect("diamond edge");
+    }
+    fixture
 }

@@ -10,6 +10,30 @@ use std::fmt;
 use diesel_derive_enum::DbEnum;
 use serde::{Deserialize, Serialize};
 
+/// `ALL`, `as_str` and `Display` for an enum whose variants are listed with
+/// their SQL labels, in the order of the SQL enum type.
+macro_rules! labels {
+    ($name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        impl $name {
+            /// Every variant, in the order of the SQL enum type.
+            pub const ALL: [Self; [$($label),+].len()] = [$(Self::$variant),+];
+
+            /// The label stored in PostgreSQL.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// Declares a lifecycle-state enum over one PostgreSQL enum type. Steps and
 /// tasks share the six states but have distinct SQL types, hence one macro.
 macro_rules! lifecycle_state {
@@ -37,35 +61,14 @@ macro_rules! lifecycle_state {
             ResolvedManually,
         }
 
-        impl $name {
-            /// Every state, in the order of the SQL enum type.
-            pub const ALL: [Self; 6] = [
-                Self::Pending,
-                Self::InProgress,
-                Self::Complete,
-                Self::Error,
-                Self::Cancelled,
-                Self::ResolvedManually,
-            ];
-
-            /// The label stored in PostgreSQL.
-            pub const fn as_str(self) -> &'static str {
-                match self {
-                    Self::Pending => "pending",
-                    Self::InProgress => "in_progress",
-                    Self::Complete => "complete",
-                    Self::Error => "error",
-                    Self::Cancelled => "cancelled",
-                    Self::ResolvedManually => "resolved_manually",
-                }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
+        labels!($name {
+            Pending => "pending",
+            InProgress => "in_progress",
+            Complete => "complete",
+            Error => "error",
+            Cancelled => "cancelled",
+            ResolvedManually => "resolved_manually",
+        });
     };
 }
 
@@ -121,6 +124,14 @@ pub enum ExecutionStatus {
     WaitingForDependencies,
 }
 
+labels!(ExecutionStatus {
+    HasReadySteps => "has_ready_steps",
+    Processing => "processing",
+    BlockedByFailures => "blocked_by_failures",
+    AllComplete => "all_complete",
+    WaitingForDependencies => "waiting_for_dependencies",
+});
+
 /// What the orchestrator should do next with a task (SQL type
 /// `tasker_recommended_action`); one per [`ExecutionStatus`].
 #[derive(
@@ -141,6 +152,14 @@ pub enum RecommendedAction {
     WaitForDependencies,
 }
 
+labels!(RecommendedAction {
+    ExecuteReadySteps => "execute_ready_steps",
+    WaitForCompletion => "wait_for_completion",
+    HandleFailures => "handle_failures",
+    FinalizeTask => "finalize_task",
+    WaitForDependencies => "wait_for_dependencies",
+});
+
 /// A task's health (SQL type `tasker_health_status`).
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, DbEnum, Serialize, Deserialize,
@@ -155,3 +174,9 @@ pub enum HealthStatus {
     /// A step failed for good and nothing is ready.
     Blocked,
 }
+
+labels!(HealthStatus {
+    Healthy => "healthy",
+    Recovering => "recovering",
+    Blocked => "blocked",
+});

@@ -1,19 +1,21 @@
 -- Readiness and execution-context functions (SPEC.md sections 3 to 5).
 --
--- Every rule is written once, in two inner functions that take one row:
---   tasker_step_readiness(step)          the readiness row of one step (section 3)
---   tasker_task_execution_context(task)  the context row of one task (section 4)
--- The public functions only choose rows by the ids they are given and call them.
+-- Every rule is written once: the readiness rules in tasker_step_readiness (section 3),
+-- the context rules in get_task_execution_contexts_batch (section 4), which reads
+-- readiness through tasker_step_readiness. The other functions only pass ids and order.
 --
 -- Plans. All functions are plain `LANGUAGE sql`, STABLE, not STRICT, with no SET clause
 -- and one SELECT each, so PostgreSQL inlines them into the calling statement (no
 -- "Function Scan" in EXPLAIN): there is no PL/pgSQL plan cache to go stale. The caller's
--- own prepared statement may switch to a generic plan after five runs, so every query is
--- shaped to have one good plan whatever the values: the given ids drive the outer loop and
--- every join is an index probe on a primary key, a unique key or the leading column of an
--- index (edges by child, current transition by the unique partial `most_recent` index).
--- With the values unknown the planner sees the same shape, and it keeps nested loops of
--- index probes; no query reads a table by anything but those ids.
+-- own prepared statement does switch to a generic plan after five runs (Diesel keeps
+-- statements prepared), and a generic plan does not know how many ids it will get. So
+-- the queries leave the planner no choice that could scan: the given ids select rows by
+-- index, and every lookup from there ("the current transition of this step", "the name
+-- of this step", "the parents of this step") is a scalar subquery or a LATERAL
+-- subquery with LIMIT 1 or an aggregate, which PostgreSQL cannot flatten into a hash
+-- join and must run as an index probe per row. (LIMIT 1 drops nothing: a unique index
+-- allows one current transition per step and per task.) The same nested loops come out with or without the values, on the 6th
+-- call as on the 2,000th; tests/plans.rs checks both plan modes.
 --
 -- Time is `now() AT TIME ZONE 'UTC'`, the transaction's start in UTC, whatever the
 -- session's TimeZone.
@@ -63,7 +65,7 @@ CREATE TYPE tasker_step_readiness_row AS (
 COMMENT ON TYPE tasker_step_readiness_row IS
     'A row of get_step_readiness_status and its companions (SPEC.md section 3).';
 
-CREATE FUNCTION tasker_step_readiness(step tasker_workflow_steps)
+CREATE FUNCTION tasker_step_readiness(task_ids bigint[], step_ids bigint[])
 RETURNS SETOF tasker_step_readiness_row
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
@@ -71,7 +73,8 @@ AS $$
         step.workflow_step_id,
         step.task_id,
         step.named_step_id,
-        named.name::text,
+        (SELECT named.name FROM tasker_named_steps AS named
+          WHERE named.named_step_id = step.named_step_id)::text,
         state.current_state,
         parents.total = parents.completed,
         retry.eligible,
@@ -90,10 +93,14 @@ AS $$
         retry.retry_limit,
         step.backoff_request_seconds,
         step.last_attempted_at
-    FROM tasker_named_steps AS named
+    FROM tasker_workflow_steps AS step
     -- Rules 1 and 5: the current transition, if any.
-    LEFT JOIN tasker_workflow_step_transitions AS latest
-        ON latest.workflow_step_id = step.workflow_step_id AND latest.most_recent
+    LEFT JOIN LATERAL (
+        SELECT transition.to_state, transition.created_at
+        FROM tasker_workflow_step_transitions AS transition
+        WHERE transition.workflow_step_id = step.workflow_step_id AND transition.most_recent
+        LIMIT 1
+    ) AS latest ON true
     CROSS JOIN LATERAL (
         SELECT coalesce(latest.to_state, 'pending') AS current_state,
                CASE WHEN latest.to_state = 'error' THEN latest.created_at END AS last_failure_at
@@ -104,8 +111,12 @@ AS $$
                (count(*) FILTER (
                    WHERE parent.to_state IN ('complete', 'resolved_manually')))::integer AS completed
         FROM tasker_workflow_step_edges AS edge
-        LEFT JOIN tasker_workflow_step_transitions AS parent
-            ON parent.workflow_step_id = edge.from_step_id AND parent.most_recent
+        LEFT JOIN LATERAL (
+            SELECT transition.to_state
+            FROM tasker_workflow_step_transitions AS transition
+            WHERE transition.workflow_step_id = edge.from_step_id AND transition.most_recent
+            LIMIT 1
+        ) AS parent ON true
         WHERE edge.to_step_id = step.workflow_step_id
     ) AS parents
     -- Rules 3 and 4.
@@ -127,20 +138,20 @@ AS $$
                        + least(30, 1 << least(coalesce(step.attempts, 1), 5)) * interval '1 second'
                ) AS next_retry_at
     ) AS gate
-    WHERE named.named_step_id = step.named_step_id
+    -- Callers pass one array and a NULL: the planner folds the NULL side away and
+    -- keeps an index condition on the other.
+    WHERE step.task_id = ANY (tasker_step_readiness.task_ids)
+       OR step.workflow_step_id = ANY (tasker_step_readiness.step_ids)
 $$;
-COMMENT ON FUNCTION tasker_step_readiness(tasker_workflow_steps) IS
-    'The readiness row of one step (SPEC.md section 3): the only definition of the readiness rules, called by every readiness and context function. Index probes only: the current transition of the step and of each parent.';
+COMMENT ON FUNCTION tasker_step_readiness(bigint[], bigint[]) IS
+    'Readiness rows (SPEC.md section 3) of the steps of task_ids and of the steps step_ids, unordered: the only definition of the readiness rules, which every readiness and context function calls. Index probes only: each step, its current transition, its edges to parents and their current transitions.';
 
 CREATE FUNCTION get_step_readiness_status(step_ids bigint[])
 RETURNS SETOF tasker_step_readiness_row
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT readiness.*
-    FROM tasker_workflow_steps AS step
-    CROSS JOIN LATERAL tasker_step_readiness(step) AS readiness
-    WHERE step.workflow_step_id = ANY (get_step_readiness_status.step_ids)
-    ORDER BY readiness.task_id, readiness.workflow_step_id
+    SELECT * FROM tasker_step_readiness(NULL, get_step_readiness_status.step_ids)
+    ORDER BY task_id, workflow_step_id
 $$;
 COMMENT ON FUNCTION get_step_readiness_status(bigint[]) IS
     'Readiness of the given steps, one row per existing step (unknown ids give no row, duplicates one row, an empty or NULL array no rows), ordered by (task_id, workflow_step_id). Parents are read whichever steps are asked for. Cost: index probes per step and parent, independent of table size.';
@@ -149,11 +160,8 @@ CREATE FUNCTION get_step_readiness_status_batch(task_ids bigint[])
 RETURNS SETOF tasker_step_readiness_row
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT readiness.*
-    FROM tasker_workflow_steps AS step
-    CROSS JOIN LATERAL tasker_step_readiness(step) AS readiness
-    WHERE step.task_id = ANY (get_step_readiness_status_batch.task_ids)
-    ORDER BY readiness.task_id, readiness.workflow_step_id
+    SELECT * FROM tasker_step_readiness(get_step_readiness_status_batch.task_ids, NULL)
+    ORDER BY task_id, workflow_step_id
 $$;
 COMMENT ON FUNCTION get_step_readiness_status_batch(bigint[]) IS
     'Readiness of every step of the given tasks (unknown ids and duplicates add nothing, NULL gives no rows), ordered by (task_id, workflow_step_id). Cost: index probes per step and parent, independent of table size.';
@@ -163,9 +171,10 @@ RETURNS SETOF tasker_step_readiness_row
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT readiness.*
-    FROM get_step_readiness_status_batch(ARRAY[get_step_readiness_status.task_id]) AS readiness
+    FROM tasker_step_readiness(ARRAY[get_step_readiness_status.task_id], NULL) AS readiness
     WHERE get_step_readiness_status.step_ids IS NULL
        OR readiness.workflow_step_id = ANY (get_step_readiness_status.step_ids)
+    ORDER BY readiness.workflow_step_id
 $$;
 COMMENT ON FUNCTION get_step_readiness_status(bigint, bigint[]) IS
     'Tasker-compatible form: readiness of the steps of one task, all of them when step_ids is NULL, else those of step_ids that belong to the task; ordered by workflow_step_id. A NULL task_id gives no rows.';
@@ -189,7 +198,7 @@ CREATE TYPE tasker_task_execution_context_row AS (
 COMMENT ON TYPE tasker_task_execution_context_row IS
     'A row of get_task_execution_context and get_task_execution_contexts_batch (SPEC.md section 4).';
 
-CREATE FUNCTION tasker_task_execution_context(task tasker_tasks)
+CREATE FUNCTION get_task_execution_contexts_batch(task_ids bigint[])
 RETURNS SETOF tasker_task_execution_context_row
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
@@ -219,7 +228,8 @@ AS $$
              WHEN steps.permanently_failed > 0 AND steps.ready = 0 THEN 'blocked'
              ELSE 'recovering'
         END::tasker_health_status
-    FROM (
+    FROM tasker_tasks AS task
+    CROSS JOIN LATERAL (
         SELECT count(*) AS total,
                count(*) FILTER (WHERE readiness.current_state = 'pending') AS pending,
                count(*) FILTER (WHERE readiness.current_state = 'in_progress') AS in_progress,
@@ -231,12 +241,14 @@ AS $$
                count(*) FILTER (
                    WHERE readiness.current_state = 'error'
                      AND NOT readiness.retry_eligible) AS permanently_failed
-        FROM tasker_workflow_steps AS step
-        CROSS JOIN LATERAL tasker_step_readiness(step) AS readiness
-        WHERE step.task_id = task.task_id
+        FROM tasker_step_readiness(ARRAY[task.task_id], NULL) AS readiness
     ) AS steps
-    LEFT JOIN tasker_task_transitions AS latest
-        ON latest.task_id = task.task_id AND latest.most_recent
+    LEFT JOIN LATERAL (
+        SELECT transition.to_state
+        FROM tasker_task_transitions AS transition
+        WHERE transition.task_id = task.task_id AND transition.most_recent
+        LIMIT 1
+    ) AS latest ON true
     -- First match wins.
     CROSS JOIN LATERAL (
         SELECT CASE
@@ -248,22 +260,11 @@ AS $$
             ELSE 'waiting_for_dependencies'
         END::tasker_execution_status AS execution_status
     ) AS outcome
-$$;
-COMMENT ON FUNCTION tasker_task_execution_context(tasker_tasks) IS
-    'The execution-context row of one task (SPEC.md section 4): the only definition of the context rules, built on tasker_step_readiness. Cost: the readiness probes of the task''s steps.';
-
-CREATE FUNCTION get_task_execution_contexts_batch(task_ids bigint[])
-RETURNS SETOF tasker_task_execution_context_row
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    SELECT context.*
-    FROM tasker_tasks AS task
-    CROSS JOIN LATERAL tasker_task_execution_context(task) AS context
     WHERE task.task_id = ANY (get_task_execution_contexts_batch.task_ids)
-    ORDER BY context.task_id
+    ORDER BY task.task_id
 $$;
 COMMENT ON FUNCTION get_task_execution_contexts_batch(bigint[]) IS
-    'Execution context of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id.';
+    'Execution context (SPEC.md section 4) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules, built on tasker_step_readiness. Cost: the readiness probes of each task''s steps.';
 
 CREATE FUNCTION get_task_execution_context(task_id bigint)
 RETURNS SETOF tasker_task_execution_context_row
@@ -343,8 +344,7 @@ AS $$
         SELECT count(*) FILTER (WHERE readiness.retry_eligible) AS retryable,
                count(*) FILTER (WHERE NOT readiness.retry_eligible) AS exhausted
         FROM tasker_workflow_step_transitions AS latest
-        JOIN tasker_workflow_steps AS step ON step.workflow_step_id = latest.workflow_step_id
-        CROSS JOIN LATERAL tasker_step_readiness(step) AS readiness
+        CROSS JOIN LATERAL tasker_step_readiness(NULL, ARRAY[latest.workflow_step_id]) AS readiness
         WHERE latest.most_recent AND latest.to_state = 'error'
     )
     SELECT

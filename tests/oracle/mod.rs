@@ -244,7 +244,10 @@ pub fn task_context(task: &TaskInput, rows: &[&StepReadinessStatus]) -> TaskExec
             RecommendedAction::HandleFailures,
         )
     } else if all_finished {
-        (ExecutionStatus::AllComplete, RecommendedAction::FinalizeTask)
+        (
+            ExecutionStatus::AllComplete,
+            RecommendedAction::FinalizeTask,
+        )
     } else {
         (
             ExecutionStatus::WaitingForDependencies,

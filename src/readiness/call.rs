@@ -12,7 +12,7 @@ use diesel::{PgConnection, QueryResult, RunQueryDsl};
 /// constant text with binds: Diesel keeps it prepared per connection, keyed
 /// by its SQL, and PostgreSQL skips parsing on every call after the first.
 #[derive(Debug, Clone)]
-pub struct FunctionCall<Args> {
+pub(crate) struct FunctionCall<Args> {
     function: &'static str,
     args: Args,
 }
@@ -20,7 +20,7 @@ pub struct FunctionCall<Args> {
 impl<Args> FunctionCall<Args> {
     /// A call of `function` with `args`: bound expressions such as
     /// `id.into_sql::<BigInt>()`, a tuple of them, or `()` for none.
-    pub const fn new(function: &'static str, args: Args) -> Self {
+    pub(crate) const fn new(function: &'static str, args: Args) -> Self {
         FunctionCall { function, args }
     }
 }

@@ -11,7 +11,7 @@ mod health;
 mod levels;
 mod step;
 
-pub use call::FunctionCall;
+use call::FunctionCall;
 pub use context::TaskExecutionContext;
 pub use health::{get_system_health_counts, SystemHealthCounts};
 pub use levels::{calculate_dependency_levels, DependencyLevel};

@@ -138,8 +138,8 @@ AS $$
                        + least(30, 1 << least(coalesce(step.attempts, 1), 5)) * interval '1 second'
                ) AS next_retry_at
     ) AS gate
-    -- Callers pass one array and a NULL: the planner folds the NULL side away and
-    -- keeps an index condition on the other.
+    -- Callers pass one array and a NULL. `= ANY (NULL)` matches nothing, so the NULL
+    -- side costs one empty index probe; the other side selects the steps by index.
     WHERE step.task_id = ANY (tasker_step_readiness.task_ids)
        OR step.workflow_step_id = ANY (tasker_step_readiness.step_ids)
 $$;
@@ -154,7 +154,7 @@ AS $$
     ORDER BY task_id, workflow_step_id
 $$;
 COMMENT ON FUNCTION get_step_readiness_status(bigint[]) IS
-    'Readiness of the given steps, one row per existing step (unknown ids give no row, duplicates one row, an empty or NULL array no rows), ordered by (task_id, workflow_step_id). Parents are read whichever steps are asked for. Cost: index probes per step and parent, independent of table size.';
+    'Readiness of the given steps, one row per existing step (unknown ids give no row, duplicates one row, an empty or NULL array no rows), ordered by (task_id, workflow_step_id). Parents are read whichever steps are asked for. Cost: index probes per step and parent, independent of how many rows the tables hold.';
 
 CREATE FUNCTION get_step_readiness_status_batch(task_ids bigint[])
 RETURNS SETOF tasker_step_readiness_row
@@ -164,7 +164,7 @@ AS $$
     ORDER BY task_id, workflow_step_id
 $$;
 COMMENT ON FUNCTION get_step_readiness_status_batch(bigint[]) IS
-    'Readiness of every step of the given tasks (unknown ids and duplicates add nothing, NULL gives no rows), ordered by (task_id, workflow_step_id). Cost: index probes per step and parent, independent of table size.';
+    'Readiness of every step of the given tasks (unknown ids and duplicates add nothing, NULL gives no rows), ordered by (task_id, workflow_step_id). Cost: index probes per step and parent, independent of how many rows the tables hold.';
 
 CREATE FUNCTION get_step_readiness_status(task_id bigint, step_ids bigint[] DEFAULT NULL)
 RETURNS SETOF tasker_step_readiness_row

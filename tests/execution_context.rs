@@ -17,12 +17,6 @@ use support::*;
 
 use StepState::*;
 
-fn test_connection(db: &TestDatabase) -> PgConnection {
-    let mut conn = db.connection();
-    conn.begin_test_transaction().unwrap();
-    conn
-}
-
 fn context(conn: &mut PgConnection, task_id: i64) -> TaskExecutionContext {
     TaskExecutionContext::find(conn, task_id)
         .unwrap()
@@ -45,10 +39,11 @@ fn task_in_states(conn: &mut PgConnection, states: &[Option<StepState>]) -> Fixt
 
 /// Uses up the step's attempts, so an `error` state is permanent.
 fn exhaust(conn: &mut PgConnection, step_id: i64) {
-    diesel::update(steps::tasker_workflow_steps.find(step_id))
-        .set((steps::attempts.eq(3), steps::retry_limit.eq(3)))
-        .execute(conn)
-        .unwrap();
+    update_step(
+        conn,
+        step_id,
+        (steps::attempts.eq(3), steps::retry_limit.eq(3)),
+    );
 }
 
 fn percent(text: &str) -> BigDecimal {
@@ -169,10 +164,11 @@ fn non_retryable_failure_is_permanent() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let fixture = task_in_states(&mut conn, &[Some(Error)]);
-    diesel::update(steps::tasker_workflow_steps.find(fixture.steps[0].workflow_step_id))
-        .set((steps::retryable.eq(false), steps::attempts.eq(1)))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(
+        &mut conn,
+        fixture.steps[0].workflow_step_id,
+        (steps::retryable.eq(false), steps::attempts.eq(1)),
+    );
 
     let row = context(&mut conn, fixture.task.task_id);
     assert_eq!(row.execution_status, ExecutionStatus::BlockedByFailures);

@@ -15,12 +15,6 @@ use support::*;
 
 use StepState::*;
 
-fn test_connection(db: &TestDatabase) -> PgConnection {
-    let mut conn = db.connection();
-    conn.begin_test_transaction().unwrap();
-    conn
-}
-
 /// The readiness row of one step.
 fn readiness(conn: &mut PgConnection, step_id: i64) -> StepReadinessStatus {
     let mut rows = StepReadinessStatus::for_steps(&[step_id])
@@ -40,10 +34,7 @@ fn seconds(n: i64) -> Duration {
 
 /// Sets the step's attempts, as a worker that ran it would.
 fn set_attempts(conn: &mut PgConnection, step_id: i64, attempts: Option<i32>) {
-    diesel::update(steps::tasker_workflow_steps.find(step_id))
-        .set(steps::attempts.eq(attempts))
-        .execute(conn)
-        .unwrap();
+    update_step(conn, step_id, steps::attempts.eq(attempts));
 }
 
 /// Puts the step in `error` after `attempts` attempts, failed at `failed_at`.
@@ -174,10 +165,7 @@ fn processed_step_is_never_ready() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-    diesel::update(steps::tasker_workflow_steps.find(id))
-        .set(steps::processed.eq(true))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(&mut conn, id, steps::processed.eq(true));
 
     let row = readiness(&mut conn, id);
     assert!(row.dependencies_satisfied && row.retry_eligible);
@@ -189,10 +177,7 @@ fn in_process_step_is_never_ready() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-    diesel::update(steps::tasker_workflow_steps.find(id))
-        .set(steps::in_process.eq(true))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(&mut conn, id, steps::in_process.eq(true));
 
     let row = readiness(&mut conn, id);
     assert!(row.dependencies_satisfied && row.retry_eligible);
@@ -224,10 +209,7 @@ fn null_attempts_count_as_zero() {
     let mut conn = test_connection(&db);
     let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
     set_attempts(&mut conn, id, None);
-    diesel::update(steps::tasker_workflow_steps.find(id))
-        .set(steps::retryable.eq(false))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(&mut conn, id, steps::retryable.eq(false));
 
     let row = readiness(&mut conn, id);
     assert_eq!(row.attempts, 0);
@@ -241,10 +223,7 @@ fn null_retry_limit_counts_as_three() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-    diesel::update(steps::tasker_workflow_steps.find(id))
-        .set(steps::retry_limit.eq(None::<i32>))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(&mut conn, id, steps::retry_limit.eq(None::<i32>));
 
     for (attempts, eligible) in [(2, true), (3, false)] {
         set_attempts(&mut conn, id, Some(attempts));
@@ -260,10 +239,7 @@ fn retry_limit_zero_is_never_ready() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-    diesel::update(steps::tasker_workflow_steps.find(id))
-        .set(steps::retry_limit.eq(0))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(&mut conn, id, steps::retry_limit.eq(0));
 
     let row = readiness(&mut conn, id);
     assert_eq!((row.attempts, row.retry_limit), (0, 0));
@@ -276,10 +252,7 @@ fn attempts_below_the_limit_are_retry_eligible() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-    diesel::update(steps::tasker_workflow_steps.find(id))
-        .set(steps::retry_limit.eq(2))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(&mut conn, id, steps::retry_limit.eq(2));
 
     for (attempts, eligible) in [(0, true), (1, true), (2, false), (5, false)] {
         set_attempts(&mut conn, id, Some(attempts));
@@ -296,10 +269,11 @@ fn non_retryable_step_gets_first_attempt() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-    diesel::update(steps::tasker_workflow_steps.find(id))
-        .set((steps::retryable.eq(false), steps::attempts.eq(0)))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(
+        &mut conn,
+        id,
+        (steps::retryable.eq(false), steps::attempts.eq(0)),
+    );
 
     let row = readiness(&mut conn, id);
     assert!(row.retry_eligible);
@@ -311,10 +285,7 @@ fn non_retryable_step_is_permanently_failed_after_one_failure() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-    diesel::update(steps::tasker_workflow_steps.find(id))
-        .set(steps::retryable.eq(false))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(&mut conn, id, steps::retryable.eq(false));
     let long_ago = utc_now(&mut conn) - Duration::hours(1);
     failed_at(&mut conn, id, Some(1), long_ago);
 
@@ -354,13 +325,14 @@ fn requested_backoff_alone_gates_the_step() {
     let attempted = now - seconds(5);
 
     for (backoff, ready) in [(10, false), (5, true), (3, true)] {
-        diesel::update(steps::tasker_workflow_steps.find(id))
-            .set((
+        update_step(
+            &mut conn,
+            id,
+            (
                 steps::last_attempted_at.eq(attempted),
                 steps::backoff_request_seconds.eq(backoff),
-            ))
-            .execute(&mut conn)
-            .unwrap();
+            ),
+        );
         let row = readiness(&mut conn, id);
         assert_eq!(row.last_failure_at, None);
         assert_eq!(row.next_retry_at, Some(attempted + seconds(backoff.into())));
@@ -378,14 +350,12 @@ fn requested_backoff_needs_both_columns() {
         fixture.steps[0].workflow_step_id,
         fixture.steps[1].workflow_step_id,
     );
-    diesel::update(steps::tasker_workflow_steps.find(only_backoff))
-        .set(steps::backoff_request_seconds.eq(60))
-        .execute(&mut conn)
-        .unwrap();
-    diesel::update(steps::tasker_workflow_steps.find(only_attempt))
-        .set(steps::last_attempted_at.eq(now))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(
+        &mut conn,
+        only_backoff,
+        steps::backoff_request_seconds.eq(60),
+    );
+    update_step(&mut conn, only_attempt, steps::last_attempted_at.eq(now));
 
     for id in [only_backoff, only_attempt] {
         let row = readiness(&mut conn, id);
@@ -412,10 +382,7 @@ fn failure_backoff_doubles_with_attempts_up_to_thirty_seconds() {
     ];
     for (attempts, delay) in expected {
         let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-        diesel::update(steps::tasker_workflow_steps.find(id))
-            .set(steps::retry_limit.eq(100))
-            .execute(&mut conn)
-            .unwrap();
+        update_step(&mut conn, id, steps::retry_limit.eq(100));
         failed_at(&mut conn, id, attempts, failure);
 
         let row = readiness(&mut conn, id);
@@ -457,13 +424,14 @@ fn both_gates_apply_and_next_retry_at_is_the_later() {
     // (now - 10 s) + 1 s = now - 9 s (passed, and earlier than the failure gate).
     for (requested, next, ready) in [(20, now + seconds(10), false), (1, now - seconds(6), true)] {
         let id = task_with_steps(&mut conn, 1).steps[0].workflow_step_id;
-        diesel::update(steps::tasker_workflow_steps.find(id))
-            .set((
+        update_step(
+            &mut conn,
+            id,
+            (
                 steps::last_attempted_at.eq(failure),
                 steps::backoff_request_seconds.eq(requested),
-            ))
-            .execute(&mut conn)
-            .unwrap();
+            ),
+        );
         failed_at(&mut conn, id, Some(2), failure);
 
         let row = readiness(&mut conn, id);
@@ -486,13 +454,14 @@ fn answers_do_not_depend_on_the_session_time_zone() {
     // Failed 3 s ago with a 4 s backoff, and 10 s ago with a 4 s backoff.
     failed_at(&mut conn, ids[0], Some(2), now - seconds(3));
     failed_at(&mut conn, ids[1], Some(2), now - seconds(10));
-    diesel::update(steps::tasker_workflow_steps.find(ids[2]))
-        .set((
+    update_step(
+        &mut conn,
+        ids[2],
+        (
             steps::last_attempted_at.eq(now),
             steps::backoff_request_seconds.eq(30),
-        ))
-        .execute(&mut conn)
-        .unwrap();
+        ),
+    );
 
     let in_utc = StepReadinessStatus::for_steps(&ids)
         .load(&mut conn)
@@ -666,10 +635,7 @@ fn filters_run_in_sql_and_compose() {
     // 0 complete; 1 failed 1 s ago (backoff 2 s); 2 failed for good; 3 blocked.
     step_history(&mut conn, id(0), &[InProgress, Complete]);
     failed_at(&mut conn, id(1), Some(1), now - seconds(1));
-    diesel::update(steps::tasker_workflow_steps.find(id(2)))
-        .set(steps::retry_limit.eq(1))
-        .execute(&mut conn)
-        .unwrap();
+    update_step(&mut conn, id(2), steps::retry_limit.eq(1));
     failed_at(&mut conn, id(2), Some(1), now - seconds(100));
 
     let query = || StepReadinessStatus::for_task(task);

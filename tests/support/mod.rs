@@ -212,3 +212,25 @@ pub fn diamond(conn: &mut PgConnection) -> Fixture {
     }
     fixture
 }
+
+/// A connection inside a transaction that is never committed, so `now()`
+/// is the same instant for everything the test writes and reads.
+pub fn test_connection(db: &tasker_diesel::testing::TestDatabase) -> PgConnection {
+    let mut conn = db.connection();
+    conn.begin_test_transaction()
+        .expect("begin test transaction");
+    conn
+}
+
+/// Applies `changes` (a column assignment or a tuple of them) to one step.
+pub fn update_step<Changes>(conn: &mut PgConnection, step_id: i64, changes: Changes)
+where
+    Changes: AsChangeset<Target = tasker_workflow_steps::table>,
+    diesel::dsl::Update<diesel::dsl::Find<tasker_workflow_steps::table, i64>, Changes>:
+        diesel::query_dsl::methods::ExecuteDsl<PgConnection>,
+{
+    diesel::update(tasker_workflow_steps::table.find(step_id))
+        .set(changes)
+        .execute(conn)
+        .expect("update step");
+}

@@ -1,6 +1,11 @@
 //! The crate's error type.
 
+use chrono::NaiveDateTime;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use serde::Deserialize;
+
+use crate::enums::{ExecutionStatus, StepState, TaskState};
+use crate::workflow::TemplateError;
 
 /// Result alias for the crate's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -25,16 +30,101 @@ pub enum Error {
         /// PostgreSQL's message, naming the rows involved.
         message: String,
     },
+    /// A task template that cannot be built; nothing was written.
+    #[error("invalid task template: {0}")]
+    InvalidTemplate(#[from] TemplateError),
+    /// The write path refused the change; nothing was written.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// Any other failed query.
     #[error("query failed: {0}")]
     Query(#[source] DieselError),
 }
 
+/// Why a write-path function refused a change. The SQL functions raise these
+/// (SQLSTATE `TK001`, constraint `tasker_refused`) with a JSON detail that
+/// names the refusal and its values; this is that detail, typed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, thiserror::Error)]
+#[serde(tag = "refusal", rename_all = "snake_case")]
+pub enum Refusal {
+    /// No task has this id.
+    #[error("task {task_id} does not exist")]
+    UnknownTask { task_id: i64 },
+    /// No workflow step has this id.
+    #[error("workflow step {workflow_step_id} does not exist")]
+    UnknownStep { workflow_step_id: i64 },
+    /// The step state machine does not allow the move.
+    #[error("workflow step {workflow_step_id} ({name}) cannot move from {from} to {to}")]
+    IllegalStepTransition {
+        workflow_step_id: i64,
+        /// The step's name (its step template's).
+        name: String,
+        from: StepState,
+        to: StepState,
+    },
+    /// The task state machine does not allow the move.
+    #[error("task {task_id} cannot move from {from} to {to}")]
+    IllegalTaskTransition {
+        task_id: i64,
+        from: TaskState,
+        to: TaskState,
+    },
+    /// Compare-and-swap: the step is not in the state the caller expected.
+    #[error("workflow step {workflow_step_id} is {actual}, not the expected {expected}")]
+    StepStateConflict {
+        workflow_step_id: i64,
+        expected: StepState,
+        actual: StepState,
+    },
+    /// Compare-and-swap: the task is not in the state the caller expected.
+    #[error("task {task_id} is {actual}, not the expected {expected}")]
+    TaskStateConflict {
+        task_id: i64,
+        expected: TaskState,
+        actual: TaskState,
+    },
+    /// The claim no longer holds: the step moved on (its lease was released,
+    /// it was claimed again, cancelled, ...).
+    #[error("claim {claim_id} on workflow step {workflow_step_id} is lost: the step is now {state}")]
+    ClaimLost {
+        workflow_step_id: i64,
+        claim_id: i64,
+        /// The step's current state.
+        state: StepState,
+    },
+    /// The claim's lease has passed; its result is no longer accepted.
+    #[error("claim {claim_id} on workflow step {workflow_step_id} expired at {claimed_until}")]
+    ClaimExpired {
+        workflow_step_id: i64,
+        claim_id: i64,
+        claimed_until: NaiveDateTime,
+    },
+    /// The task's execution context says work remains, so it cannot be
+    /// finalized.
+    #[error("task {task_id} cannot be finalized: it is {execution_status}")]
+    TaskNotFinished {
+        task_id: i64,
+        execution_status: ExecutionStatus,
+    },
+    /// An argument out of its range (a lease under one second, ...).
+    #[error("{message}")]
+    InvalidArgument { message: String },
+}
+
 impl From<DieselError> for Error {
     /// Sorts database errors raised by one of the schema's integrity rules
-    /// into [`Error::Integrity`]; everything else stays a [`Error::Query`].
+    /// into [`Error::Integrity`] and the write path's refusals into
+    /// [`Error::Refused`]; everything else stays a [`Error::Query`].
     fn from(error: DieselError) -> Self {
         if let DieselError::DatabaseError(kind, info) = &error {
+            if info.constraint_name() == Some(REFUSED) {
+                if let Some(refusal) = info
+                    .details()
+                    .and_then(|detail| serde_json::from_str::<Refusal>(detail).ok())
+                {
+                    return Error::Refused(refusal);
+                }
+            }
             let rule = info
                 .constraint_name()
                 .and_then(|constraint| IntegrityRule::raised_by(constraint, kind));
@@ -48,6 +138,9 @@ impl From<DieselError> for Error {
         Error::Query(error)
     }
 }
+
+/// The constraint name the write-path functions raise refusals with.
+const REFUSED: &str = "tasker_refused";
 
 /// The integrity rules the schema enforces itself, whoever writes the rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]

@@ -1,19 +1,22 @@
 #![doc = include_str!("../README.md")]
 
+mod call;
 pub mod enums;
 pub mod error;
+pub mod functions;
 pub mod migrations;
 pub mod models;
 pub mod pool;
 pub mod readiness;
 #[rustfmt::skip]
 pub mod schema;
+pub mod workflow;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use bigdecimal::BigDecimal;
 pub use enums::{ExecutionStatus, HealthStatus, RecommendedAction, StepState, TaskState};
-pub use error::{Error, IntegrityRule, Result};
+pub use error::{Error, IntegrityRule, Refusal, Result};
 pub use migrations::{run_pending_migrations, MIGRATIONS};
 pub use pool::{build_pool, establish_connection, PgPool, PooledPgConnection};
 pub use readiness::{

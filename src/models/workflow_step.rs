@@ -47,6 +47,8 @@ pub struct WorkflowStep {
     pub skippable: bool,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// While a worker's claim holds: until when (`None`: no claim or no lease).
+    pub claimed_until: Option<NaiveDateTime>,
 }
 
 /// A step to insert; `None` fields take the SQL defaults (retryable, retry

@@ -5,13 +5,12 @@
 //! functions. Every statement is constant SQL text with bind parameters, so
 //! Diesel prepares it once per connection and reuses it.
 
-mod call;
 mod context;
 mod health;
 mod levels;
 mod step;
 
-use call::FunctionCall;
+use crate::call::FunctionCall;
 pub use context::TaskExecutionContext;
 pub use health::{get_system_health_counts, SystemHealthCounts};
 pub use levels::{calculate_dependency_levels, DependencyLevel};

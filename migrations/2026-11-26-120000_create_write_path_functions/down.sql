@@ -1,0 +1,17 @@
+DROP FUNCTION finalize_task(bigint, jsonb);
+DROP FUNCTION cancel_task(bigint, jsonb);
+DROP FUNCTION release_expired_claims(integer);
+DROP FUNCTION fail_step(bigint, bigint, jsonb, integer);
+DROP FUNCTION complete_step(bigint, bigint, jsonb, jsonb);
+DROP FUNCTION extend_step_claim(bigint, bigint, integer);
+DROP FUNCTION tasker_held_claim(bigint, bigint);
+DROP FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb);
+DROP TYPE tasker_step_claim_row;
+DROP FUNCTION transition_task(bigint, tasker_task_state, jsonb, tasker_task_state);
+DROP FUNCTION transition_workflow_step(bigint, tasker_step_state, jsonb, tasker_step_state);
+DROP FUNCTION tasker_task_transition_allowed(tasker_task_state, tasker_task_state);
+DROP FUNCTION tasker_step_transition_allowed(tasker_step_state, tasker_step_state);
+DROP FUNCTION tasker_refuse(text, text, jsonb);
+DROP INDEX tasker_workflow_steps_claimable_idx;
+DROP INDEX tasker_workflow_steps_claimed_until_idx;
+ALTER TABLE tasker_workflow_steps DROP COLUMN claimed_until;

@@ -1,0 +1,35 @@
+//! Declarations of the schema's scalar SQL functions, for use in Diesel
+//! queries. The set-returning ones are called through their row types
+//! (see [`crate::readiness`] and [`crate::workflow`]).
+
+use diesel::define_sql_function;
+use diesel::sql_types::{BigInt, Integer, Jsonb, Nullable};
+
+use crate::schema::sql_types::{TaskerStepState, TaskerTaskState};
+
+define_sql_function! {
+    /// Whether the step state machine allows a move from `from_state` to
+    /// `to_state` (`SPEC.md` section 2).
+    fn tasker_step_transition_allowed(from_state: TaskerStepState, to_state: TaskerStepState) -> Bool;
+}
+
+define_sql_function! {
+    /// Whether the task state machine allows a move from `from_state` to
+    /// `to_state` (`SPEC.md` section 2).
+    fn tasker_task_transition_allowed(from_state: TaskerTaskState, to_state: TaskerTaskState) -> Bool;
+}
+
+define_sql_function! {
+    /// Finalizes a task from its execution context and returns its state.
+    fn finalize_task(task_id: BigInt, metadata: Jsonb) -> TaskerTaskState;
+}
+
+define_sql_function! {
+    /// Extends a claim that still holds; returns the new `claimed_until`.
+    fn extend_step_claim(workflow_step_id: BigInt, claim_id: BigInt, lease_seconds: Integer) -> Timestamp;
+}
+
+define_sql_function! {
+    /// Moves steps whose claim expired to `error`; one row per released step.
+    fn release_expired_claims(max_steps: Nullable<Integer>) -> BigInt;
+}

@@ -21,7 +21,7 @@ define_sql_function! {
 
 define_sql_function! {
     /// Finalizes a task from its execution context and returns its state.
-    fn finalize_task(task_id: BigInt, metadata: Jsonb) -> TaskerTaskState;
+    fn finalize_task(task_id: BigInt, metadata: Nullable<Jsonb>) -> TaskerTaskState;
 }
 
 define_sql_function! {

@@ -247,6 +247,10 @@ CREATE FUNCTION claim_ready_steps(
 )
 RETURNS SETOF tasker_step_claim_row
 LANGUAGE plpgsql
+-- Every query below has one good plan whatever the arguments (index ranges and probes),
+-- and planning the inlined readiness costs more than running it: with custom plans a
+-- claim took 2.5 ms at 100K steps, with the cached generic plans under 1 ms.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     locked bigint[];
@@ -500,7 +504,13 @@ DECLARE
     written tasker_task_transitions;
 BEGIN
     written := transition_task(cancel_task.task_id, 'cancelled', metadata);
-    -- Steps are locked one at a time in id order, the order every multi-step writer uses.
+    -- Lock every step of the task first, in id order, waiting for writers in flight (a
+    -- worker completing a step); then the next statement's snapshot sees their commits
+    -- and picks exactly the steps still unfinished.
+    PERFORM FROM tasker_workflow_steps AS s
+    WHERE s.task_id = cancel_task.task_id
+    ORDER BY s.workflow_step_id
+    FOR UPDATE;
     PERFORM transition_workflow_step(step.workflow_step_id, 'cancelled', metadata)
     FROM (
         SELECT s.workflow_step_id FROM tasker_workflow_steps AS s
@@ -535,7 +545,11 @@ BEGIN
         IF ctx.status = 'complete' THEN
             RETURN 'complete';
         END IF;
-        IF ctx.status = 'pending' THEN
+        -- A task blocked earlier whose failed steps were since resolved resumes first.
+        IF ctx.status = 'error' THEN
+            PERFORM transition_task(the_task_id, 'pending', metadata, 'error');
+        END IF;
+        IF ctx.status IN ('pending', 'error') THEN
             PERFORM transition_task(the_task_id, 'in_progress', metadata, 'pending');
         END IF;
         PERFORM transition_task(the_task_id, 'complete', metadata);
@@ -554,4 +568,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION finalize_task(bigint, jsonb) IS
-    'Finalizes a task from its execution context: all_complete moves it to complete (through in_progress when still pending; tasker_tasks.complete becomes true), blocked_by_failures moves it to error. Idempotent: a task already in that state is left as it is. Returns the task''s state. Refusals: unknown_task, task_not_finished (the context says work remains), illegal_task_transition (for example a cancelled task).';
+    'Finalizes a task from its execution context: all_complete moves it to complete (through in_progress when still pending, and through pending and in_progress when in error after its failed steps were resolved; tasker_tasks.complete becomes true), blocked_by_failures moves it to error. Idempotent: a task already in that state is left as it is. Returns the task''s state. Refusals: unknown_task, task_not_finished (the context says work remains), illegal_task_transition (for example a cancelled task).';

@@ -30,16 +30,14 @@ pub fn cancel_task(
 }
 
 /// Finalizes a task (`finalize_task`): `Complete` when every step is done
-/// (`all_complete`), `Error` when a step failed for good and nothing else can
-/// run (`blocked_by_failures`). Idempotent. Refused with
+/// (`all_complete`; also for a task in `Error` whose failed steps were since
+/// resolved), `Error` when a step failed for good and nothing else can run
+/// (`blocked_by_failures`). Idempotent. Refused with
 /// [`crate::Refusal::TaskNotFinished`] while work remains.
 pub fn finalize_task(
     conn: &mut PgConnection,
     task_id: i64,
     metadata: Option<&Value>,
 ) -> Result<TaskState> {
-    Ok(
-        diesel::select(functions::finalize_task(task_id, metadata.cloned().unwrap_or_default()))
-            .get_result(conn)?,
-    )
+    Ok(diesel::select(functions::finalize_task(task_id, metadata)).get_result(conn)?)
 }

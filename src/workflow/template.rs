@@ -324,15 +324,25 @@ fn find_cycle(parents: &[Vec<usize>]) -> Option<Vec<usize>> {
 /// be blank.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TemplateField {
+    /// `tasker_task_namespaces.name`.
     Namespace,
+    /// `tasker_named_tasks.name`.
     Name,
+    /// `tasker_named_tasks.version`.
     Version,
+    /// `tasker_named_tasks.description`.
     Description,
+    /// `tasker_named_steps.name`.
     StepName,
+    /// `tasker_dependent_systems.name`.
     DependentSystem,
+    /// `tasker_tasks.initiator`.
     Initiator,
+    /// `tasker_tasks.source_system`.
     SourceSystem,
+    /// `tasker_tasks.reason`.
     Reason,
+    /// `tasker_tasks.identity_hash`.
     IdentityHash,
 }
 

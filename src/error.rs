@@ -85,7 +85,9 @@ pub enum Refusal {
     },
     /// The claim no longer holds: the step moved on (its lease was released,
     /// it was claimed again, cancelled, ...).
-    #[error("claim {claim_id} on workflow step {workflow_step_id} is lost: the step is now {state}")]
+    #[error(
+        "claim {claim_id} on workflow step {workflow_step_id} is lost: the step is now {state}"
+    )]
     ClaimLost {
         workflow_step_id: i64,
         claim_id: i64,

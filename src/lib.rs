@@ -10,9 +10,9 @@ pub mod pool;
 pub mod readiness;
 #[rustfmt::skip]
 pub mod schema;
-pub mod workflow;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod workflow;
 
 pub use bigdecimal::BigDecimal;
 pub use enums::{ExecutionStatus, HealthStatus, RecommendedAction, StepState, TaskState};

@@ -185,10 +185,7 @@ pub fn extend_step_claim(
 /// Moves steps whose claim has expired to `error`, as failed attempts, so
 /// they are retried under the usual rules (`release_expired_claims`); at
 /// most `max_steps` when given. Returns the released step ids.
-pub fn release_expired_claims(
-    conn: &mut PgConnection,
-    max_steps: Option<u32>,
-) -> Result<Vec<i64>> {
+pub fn release_expired_claims(conn: &mut PgConnection, max_steps: Option<u32>) -> Result<Vec<i64>> {
     Ok(diesel::select(functions::release_expired_claims(
         max_steps.map(|max| saturating_i32(max.into())),
     ))

@@ -50,7 +50,9 @@ FROM (
       FROM pg_trigger
      WHERE NOT tgisinternal
     UNION ALL
-    SELECT format('comment %s %s %s', classoid::regclass, objsubid, description)
+    -- Named, not numbered: a column dropped and added again gets a new attnum.
+    SELECT format('comment on %s: %s', pg_describe_object(classoid, objoid, objsubid),
+                  description)
       FROM pg_description
      WHERE objoid IN (SELECT oid FROM pg_class WHERE relnamespace = 'public'::regnamespace
                       UNION ALL SELECT oid FROM pg_proc WHERE pronamespace = 'public'::regnamespace

@@ -9,11 +9,14 @@
 --     transition_workflow_step / transition_task, which every other function calls;
 --   * readiness: tasker_step_readiness (previous migration), which the claim rechecks.
 --
--- Locking. A step row is locked (FOR UPDATE) before its history changes, so writers
--- of one step queue up and each one reads the state its predecessor committed
--- (READ COMMITTED: every statement of a PL/pgSQL function takes a new snapshot). A
--- task row is locked before its steps. claim_ready_steps never waits for a lock: it
--- skips locked steps and tasks (SKIP LOCKED), so it cannot deadlock with the others.
+-- Locking. A step or task row is locked (FOR NO KEY UPDATE, which leaves foreign-key
+-- checks of inserted transitions alone) before its history changes, so writers of one
+-- entity queue up and each one reads the state its predecessor committed (READ
+-- COMMITTED: every statement of a PL/pgSQL function takes a new snapshot). Lock order:
+-- a task's steps, in id order, before the task. claim_ready_steps never waits for a
+-- step (it skips locked ones, SKIP LOCKED); it waits only for the row of a pending task
+-- that another transaction is starting, in task id order. No holder of a task lock
+-- waits for a step lock, so there is no cycle.
 --
 -- Refusals (an illegal move, a lost claim, ...) are raised by tasker_refuse with
 -- SQLSTATE TK001, CONSTRAINT 'tasker_refused' and a JSON DETAIL naming the refusal and
@@ -107,7 +110,7 @@ DECLARE
 BEGIN
     SELECT * INTO step FROM tasker_workflow_steps AS s
     WHERE s.workflow_step_id = step_id
-    FOR UPDATE;
+    FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         PERFORM tasker_refuse('unknown_step', format('workflow step %s does not exist', step_id),
                               jsonb_build_object('workflow_step_id', step_id));
@@ -183,7 +186,7 @@ DECLARE
     current tasker_task_state;
     written tasker_task_transitions;
 BEGIN
-    PERFORM FROM tasker_tasks AS t WHERE t.task_id = the_task_id FOR UPDATE;
+    PERFORM FROM tasker_tasks AS t WHERE t.task_id = the_task_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         PERFORM tasker_refuse('unknown_task', format('task %s does not exist', the_task_id),
                               jsonb_build_object('task_id', the_task_id));
@@ -282,7 +285,7 @@ BEGIN
                            'pending') IN ('pending', 'in_progress')
             ORDER BY step.task_id, step.workflow_step_id
             LIMIT max_steps
-            FOR UPDATE OF step SKIP LOCKED
+            FOR NO KEY UPDATE OF step SKIP LOCKED
         ) AS candidate;
     ELSE
         SELECT array_agg(candidate.workflow_step_id) INTO locked FROM (
@@ -297,16 +300,17 @@ BEGIN
                            'pending') IN ('pending', 'in_progress')
             ORDER BY step.task_id, step.workflow_step_id
             LIMIT max_steps
-            FOR UPDATE OF step SKIP LOCKED
+            FOR NO KEY UPDATE OF step SKIP LOCKED
         ) AS candidate;
     END IF;
     IF locked IS NULL THEN
         RETURN;
     END IF;
 
-    -- 2. Pending tasks start with their first claim. Their rows are locked without
-    -- waiting; the steps of a task that another transaction holds are left for the next
-    -- claim.
+    -- 2. Pending tasks start with their first claim. Their rows are locked in id order,
+    -- waiting for a concurrent claim that is starting the same task (a short wait: it
+    -- never waits for a step), so that claim's commit is seen and this one's steps of the
+    -- task are kept.
     SELECT array_agg(task.task_id) INTO startable FROM (
         SELECT t.task_id FROM tasker_tasks AS t
         WHERE t.task_id IN (SELECT s.task_id FROM tasker_workflow_steps AS s
@@ -314,7 +318,7 @@ BEGIN
           AND NOT EXISTS (SELECT FROM tasker_task_transitions AS tt
                            WHERE tt.task_id = t.task_id AND tt.most_recent)
         ORDER BY t.task_id
-        FOR UPDATE SKIP LOCKED
+        FOR NO KEY UPDATE
     ) AS task;
     -- Now that the rows are locked, this statement's snapshot tells which are still pending.
     PERFORM transition_task(task.task_id, 'in_progress', claim_ready_steps.metadata, 'pending')
@@ -355,7 +359,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb) IS
-    'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: per candidate step, the index probes of its readiness; claiming from any task walks tasker_workflow_steps_claimable_idx in order until max_steps ready steps are found.';
+    'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: per candidate step, the index probes of its readiness; claiming from any task walks tasker_workflow_steps_claimable_idx in order until max_steps ready steps are found.';
 
 CREATE FUNCTION tasker_held_claim(workflow_step_id bigint, claim_id bigint)
 RETURNS tasker_workflow_steps
@@ -368,7 +372,7 @@ DECLARE
 BEGIN
     SELECT * INTO step FROM tasker_workflow_steps AS s
     WHERE s.workflow_step_id = step_id
-    FOR UPDATE;
+    FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         PERFORM tasker_refuse('unknown_step', format('workflow step %s does not exist', step_id),
                               jsonb_build_object('workflow_step_id', step_id));
@@ -480,7 +484,7 @@ BEGIN
         WHERE s.in_process AND s.claimed_until <= clock_timestamp() AT TIME ZONE 'UTC'
         ORDER BY s.claimed_until, s.workflow_step_id
         LIMIT max_steps
-        FOR UPDATE OF s SKIP LOCKED
+        FOR NO KEY UPDATE OF s SKIP LOCKED
     LOOP
         PERFORM transition_workflow_step(expired.workflow_step_id, 'error',
             jsonb_build_object('error', jsonb_build_object(
@@ -503,14 +507,14 @@ AS $$
 DECLARE
     written tasker_task_transitions;
 BEGIN
-    written := transition_task(cancel_task.task_id, 'cancelled', metadata);
-    -- Lock every step of the task first, in id order, waiting for writers in flight (a
-    -- worker completing a step); then the next statement's snapshot sees their commits
-    -- and picks exactly the steps still unfinished.
+    -- Lock every step of the task first, in id order (steps before their task), waiting
+    -- for writers in flight (a worker completing a step); then the next statements'
+    -- snapshots see their commits and pick exactly the steps still unfinished.
     PERFORM FROM tasker_workflow_steps AS s
     WHERE s.task_id = cancel_task.task_id
     ORDER BY s.workflow_step_id
-    FOR UPDATE;
+    FOR NO KEY UPDATE;
+    written := transition_task(cancel_task.task_id, 'cancelled', metadata);
     PERFORM transition_workflow_step(step.workflow_step_id, 'cancelled', metadata)
     FROM (
         SELECT s.workflow_step_id FROM tasker_workflow_steps AS s
@@ -534,7 +538,7 @@ DECLARE
     the_task_id CONSTANT bigint := finalize_task.task_id;
     ctx tasker_task_execution_context_row;
 BEGIN
-    PERFORM FROM tasker_tasks AS t WHERE t.task_id = the_task_id FOR UPDATE;
+    PERFORM FROM tasker_tasks AS t WHERE t.task_id = the_task_id FOR NO KEY UPDATE;
     SELECT * INTO ctx FROM get_task_execution_context(the_task_id);
     IF ctx.task_id IS NULL THEN
         PERFORM tasker_refuse('unknown_task', format('task %s does not exist', the_task_id),

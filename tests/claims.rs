@@ -1122,7 +1122,7 @@ fn invalid_argument(result: tasker_diesel::Result<impl Debug>) -> String {
 }
 
 #[test]
-fn claim_with_no_steps_or_a_lease_under_a_second_is_refused() {
+fn claim_with_no_steps_or_a_zero_lease_is_refused_and_leases_round_up_to_whole_seconds() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let fixture = support::task_with_steps(&mut conn, 1);
@@ -1134,7 +1134,6 @@ fn claim_with_no_steps_or_a_lease_under_a_second_is_refused() {
         ClaimRequest::any_task(0, LEASE),
         ClaimRequest::for_tasks(&task_ids, 0, LEASE),
         ClaimRequest::any_task(1, Duration::ZERO),
-        ClaimRequest::any_task(1, Duration::from_millis(999)),
     ];
     for request in &requests {
         let message = invalid_argument(claim_ready_steps(&mut conn, request));
@@ -1143,27 +1142,29 @@ fn claim_with_no_steps_or_a_lease_under_a_second_is_refused() {
     assert_eq!(step_states(&mut conn, step_id), []);
     assert_eq!(task_history(&mut conn, task_id), []);
 
-    // Whole seconds: 1.5 s is a lease of 1 s.
+    // Whole seconds, never shorter than asked: 1.5 s is a lease of 2 s.
     let claimed = claim(
         &mut conn,
         &ClaimRequest::any_task(1, Duration::from_millis(1500)),
     );
     let started = history(&mut conn, step_id)[0].created_at;
-    assert_eq!(claimed[0].claimed_until, started + seconds(1));
+    assert_eq!(claimed[0].claimed_until, started + seconds(2));
 }
 
 #[test]
-fn extend_by_less_than_a_second_is_refused() {
+fn extend_by_zero_is_refused() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     support::task_with_steps(&mut conn, 1);
     let claimed = claim_one(&mut conn);
     let before = snapshot(&mut conn, claimed.workflow_step_id);
 
-    for lease in [Duration::ZERO, Duration::from_millis(500)] {
-        let message = invalid_argument(extend_step_claim(&mut conn, claimed.claim(), lease));
-        assert!(message.contains("lease_seconds"), "{message}");
-    }
+    let message = invalid_argument(extend_step_claim(
+        &mut conn,
+        claimed.claim(),
+        Duration::ZERO,
+    ));
+    assert!(message.contains("lease_seconds"), "{message}");
     assert_eq!(snapshot(&mut conn, claimed.workflow_step_id), before);
 }
 

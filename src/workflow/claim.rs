@@ -22,8 +22,8 @@ pub struct ClaimRequest<'a> {
     pub task_ids: Option<&'a [i64]>,
     /// At most this many steps (at least 1).
     pub max_steps: u32,
-    /// How long each claim holds, in whole seconds (at least 1). Extend it
-    /// with [`extend_step_claim`] while the work goes on.
+    /// How long each claim holds: whole seconds, rounded up; zero is refused.
+    /// Extend it with [`extend_step_claim`] while the work goes on.
     pub lease: Duration,
     /// Stored in the transitions the claim writes (a worker id, say).
     pub metadata: Option<&'a Value>,
@@ -143,8 +143,8 @@ pub fn complete_step(
 
 /// Records a claimed step's failure (`fail_step`): moves it to `error` with
 /// `{"error": error}` as metadata. `retry_after` asks that the next attempt
-/// start no earlier than that long after this one started (a `Retry-After`,
-/// whole seconds); the exponential failure backoff applies as well. Whether
+/// start no earlier than that long after this one started (a `Retry-After`;
+/// whole seconds, rounded up); the exponential failure backoff applies as well. Whether
 /// the step is retried is then up to its readiness (retry limit, retryable).
 /// Refused like [`complete_step`].
 pub fn fail_step(
@@ -192,9 +192,11 @@ pub fn release_expired_claims(conn: &mut PgConnection, max_steps: Option<u32>) -
     .load(conn)?)
 }
 
-/// Whole seconds, as the SQL functions take them.
+/// Whole seconds, as the SQL functions take them, rounded up so that a lease
+/// or a requested delay is never shorter than asked.
 fn lease_seconds(duration: Duration) -> i32 {
-    saturating_i32(duration.as_secs())
+    let rounded_up = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    saturating_i32(rounded_up)
 }
 
 fn saturating_i32(value: u64) -> i32 {

@@ -17,10 +17,7 @@ use diesel::dsl::IntervalDsl;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use serde_json::json;
-use tasker_diesel::models::{
-    NewWorkflowStep, TaskTransition, WorkflowStep, WorkflowStepTransition,
-};
-use tasker_diesel::schema::tasker_task_transitions::dsl as task_transitions;
+use tasker_diesel::models::{NewWorkflowStep, WorkflowStep, WorkflowStepTransition};
 use tasker_diesel::schema::tasker_workflow_step_transitions::dsl as transitions;
 use tasker_diesel::schema::tasker_workflow_steps::dsl as steps;
 use tasker_diesel::testing::TestDatabase;
@@ -29,10 +26,10 @@ use tasker_diesel::workflow::{
     release_expired_claims, transition_task, transition_workflow_step, Claim, ClaimRequest,
     ClaimedStep, TransitionOptions,
 };
-use tasker_diesel::{Error, Refusal, StepReadinessStatus, StepState, TaskState};
+use tasker_diesel::{Refusal, StepReadinessStatus, StepState, TaskState};
 
 mod support;
-use support::Fixture;
+use support::{refusal, step_row, step_transitions, task_transitions, Fixture};
 
 use StepState::{Cancelled, Complete, InProgress, Pending};
 
@@ -71,24 +68,6 @@ fn step_ids(fixture: &Fixture) -> Vec<i64> {
         .collect()
 }
 
-fn step_row(conn: &mut PgConnection, step_id: i64) -> WorkflowStep {
-    steps::tasker_workflow_steps
-        .find(step_id)
-        .select(WorkflowStep::as_select())
-        .first(conn)
-        .expect("step row")
-}
-
-/// The step's transitions, oldest first.
-fn history(conn: &mut PgConnection, step_id: i64) -> Vec<WorkflowStepTransition> {
-    transitions::tasker_workflow_step_transitions
-        .filter(transitions::workflow_step_id.eq(step_id))
-        .order(transitions::sort_key)
-        .select(WorkflowStepTransition::as_select())
-        .load(conn)
-        .expect("step history")
-}
-
 fn states(history: &[WorkflowStepTransition]) -> Vec<StepState> {
     history
         .iter()
@@ -97,17 +76,7 @@ fn states(history: &[WorkflowStepTransition]) -> Vec<StepState> {
 }
 
 fn step_states(conn: &mut PgConnection, step_id: i64) -> Vec<StepState> {
-    states(&history(conn, step_id))
-}
-
-/// The task's transitions, oldest first.
-fn task_history(conn: &mut PgConnection, task_id: i64) -> Vec<TaskTransition> {
-    task_transitions::tasker_task_transitions
-        .filter(task_transitions::task_id.eq(task_id))
-        .order(task_transitions::sort_key)
-        .select(TaskTransition::as_select())
-        .load(conn)
-        .expect("task history")
+    states(&step_transitions(conn, step_id))
 }
 
 fn readiness(conn: &mut PgConnection, step_id: i64) -> StepReadinessStatus {
@@ -118,18 +87,10 @@ fn readiness(conn: &mut PgConnection, step_id: i64) -> StepReadinessStatus {
     rows.remove(0)
 }
 
-/// The refusal a write-path call ended with.
-fn refusal<T: Debug>(result: tasker_diesel::Result<T>) -> Refusal {
-    match result {
-        Err(Error::Refused(refusal)) => refusal,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
 /// The step row and its history: equal before and after a refused call
 /// when the call wrote nothing.
 fn snapshot(conn: &mut PgConnection, step_id: i64) -> (WorkflowStep, Vec<WorkflowStepTransition>) {
-    (step_row(conn, step_id), history(conn, step_id))
+    (step_row(conn, step_id), step_transitions(conn, step_id))
 }
 
 /// As if `by` seconds had passed since the step's latest transition (its
@@ -315,7 +276,7 @@ fn for_tasks_claims_only_from_those_tasks_oldest_first() {
         assert_eq!(step_states(&mut conn, step), []);
         assert_eq!(step_row(&mut conn, step).attempts, Some(0));
     }
-    assert_eq!(task_history(&mut conn, first.task.task_id), []);
+    assert_eq!(task_transitions(&mut conn, first.task.task_id), []);
 
     let rest = claim(&mut conn, &ClaimRequest::for_tasks(&chosen, 10, LEASE));
     assert_eq!(ids(&rest), [third.steps[1].workflow_step_id]);
@@ -358,7 +319,7 @@ fn claim_starts_the_step_counts_an_attempt_and_leases_it() {
     assert_eq!(claimed.attempt, 1);
     assert_eq!(claimed.inputs, Some(inputs));
 
-    let history = history(&mut conn, step_id);
+    let history = step_transitions(&mut conn, step_id);
     assert_eq!(states(&history), [InProgress]);
     let started = &history[0];
     assert_eq!(started.id, claimed.claim_id);
@@ -375,7 +336,7 @@ fn claim_starts_the_step_counts_an_attempt_and_leases_it() {
     assert_eq!(row.last_attempted_at, Some(started.created_at));
     assert_eq!(row.claimed_until, Some(claimed.claimed_until));
 
-    let task_history = task_history(&mut conn, fixture.task.task_id);
+    let task_history = task_transitions(&mut conn, fixture.task.task_id);
     assert_eq!(task_history.len(), 1);
     assert_eq!(task_history[0].to_state, TaskState::InProgress);
     assert_eq!(task_history[0].metadata, Some(worker));
@@ -405,10 +366,10 @@ fn pending_task_starts_with_its_first_claim_only() {
     let mut conn = db.connection();
     let fixture = support::task_with_steps(&mut conn, 2);
     let task_id = fixture.task.task_id;
-    assert_eq!(task_history(&mut conn, task_id), []);
+    assert_eq!(task_transitions(&mut conn, task_id), []);
 
     claim_one(&mut conn);
-    let started = task_history(&mut conn, task_id);
+    let started = task_transitions(&mut conn, task_id);
     assert_eq!(started.len(), 1);
     assert_eq!(started[0].to_state, TaskState::InProgress);
     assert_eq!(started[0].from_state, None);
@@ -416,7 +377,7 @@ fn pending_task_starts_with_its_first_claim_only() {
     assert!(started[0].most_recent);
 
     claim_one(&mut conn);
-    assert_eq!(task_history(&mut conn, task_id), started);
+    assert_eq!(task_transitions(&mut conn, task_id), started);
 }
 
 #[test]
@@ -453,7 +414,7 @@ fn steps_of_cancelled_complete_errored_or_resolved_tasks_are_not_claimed() {
     assert_eq!(ids(&claim_any(&mut conn, 10)), step_ids(&live));
     assert_eq!(claim_any(&mut conn, 10), []);
     for (fixture, path) in stopped.iter().zip(paths) {
-        let task_states: Vec<TaskState> = task_history(&mut conn, fixture.task.task_id)
+        let task_states: Vec<TaskState> = task_transitions(&mut conn, fixture.task.task_id)
             .iter()
             .map(|transition| transition.to_state)
             .collect();
@@ -494,7 +455,7 @@ fn failed_step_is_claimed_again_once_its_failure_backoff_has_passed() {
     assert_eq!(again[0].attempt, 2);
     assert_eq!(step_row(&mut conn, step_id).attempts, Some(2));
 
-    let history = history(&mut conn, step_id);
+    let history = step_transitions(&mut conn, step_id);
     assert_eq!(
         states(&history),
         [InProgress, StepState::Error, Pending, InProgress]
@@ -678,7 +639,7 @@ fn concurrent_claims_are_disjoint_and_cover_every_ready_step() {
             assert_eq!(step_states(&mut conn, step), [InProgress], "step {step}");
             assert_eq!(step_row(&mut conn, step).attempts, Some(1));
         }
-        assert_eq!(task_history(&mut conn, task_id).len(), 1);
+        assert_eq!(task_transitions(&mut conn, task_id).len(), 1);
     }
 }
 
@@ -709,7 +670,7 @@ fn claim_overlapping_the_claim_that_starts_the_task_waits_for_it_and_gets_the_ot
     diesel::sql_query("COMMIT").execute(&mut first).unwrap();
 
     assert_eq!(ids(&overlapping.join().unwrap()), [second_step, third_step]);
-    assert_eq!(task_history(&mut first, fixture.task.task_id).len(), 1);
+    assert_eq!(task_transitions(&mut first, fixture.task.task_id).len(), 1);
 }
 
 #[test]
@@ -1033,7 +994,7 @@ fn release_expired_claims_fails_only_expired_claims() {
         Vec::<i64>::new()
     );
 
-    let released = history(&mut conn, oldest);
+    let released = step_transitions(&mut conn, oldest);
     assert_eq!(states(&released), [InProgress, StepState::Error]);
     let error = released[1].metadata.clone().unwrap()["error"].clone();
     assert_eq!(error["message"], "claim expired");
@@ -1140,14 +1101,14 @@ fn claim_with_no_steps_or_a_zero_lease_is_refused_and_leases_round_up_to_whole_s
         assert!(message.contains("claim_ready_steps"), "{message}");
     }
     assert_eq!(step_states(&mut conn, step_id), []);
-    assert_eq!(task_history(&mut conn, task_id), []);
+    assert_eq!(task_transitions(&mut conn, task_id), []);
 
     // Whole seconds, never shorter than asked: 1.5 s is a lease of 2 s.
     let claimed = claim(
         &mut conn,
         &ClaimRequest::any_task(1, Duration::from_millis(1500)),
     );
-    let started = history(&mut conn, step_id)[0].created_at;
+    let started = step_transitions(&mut conn, step_id)[0].created_at;
     assert_eq!(claimed[0].claimed_until, started + seconds(2));
 }
 

@@ -2,127 +2,37 @@
 //! state machines of `SPEC.md` section 2 and the execution context of
 //! section 4). Every refusal is checked to have written nothing.
 
-use std::fmt::Debug;
 use std::time::Duration;
 
 use diesel::prelude::*;
 use serde_json::json;
-use tasker_diesel::models::{Task, TaskTransition, WorkflowStep, WorkflowStepTransition};
-use tasker_diesel::schema::{
-    tasker_task_transitions, tasker_tasks, tasker_workflow_step_transitions, tasker_workflow_steps,
-};
+use tasker_diesel::models::WorkflowStep;
+use tasker_diesel::schema::tasker_workflow_steps;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
     cancel_task, claim_ready_steps, complete_step, fail_step, finalize_task, resolve_step_manually,
     transition_task, transition_workflow_step, ClaimRequest, TransitionOptions,
 };
-use tasker_diesel::{Error, ExecutionStatus, Refusal, StepState, TaskState};
+use tasker_diesel::{ExecutionStatus, Refusal, StepState, TaskState};
 
 mod support;
+use support::{
+    assert_nothing_written, refusal, snapshot, step_row, step_transitions, task_row,
+    task_transitions,
+};
 
 // Helpers.
 
-/// Everything the write path can touch, to prove that a refusal wrote nothing.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    tasks: Vec<Task>,
-    steps: Vec<WorkflowStep>,
-    step_transitions: Vec<WorkflowStepTransition>,
-    task_transitions: Vec<TaskTransition>,
-}
-
-fn snapshot(conn: &mut PgConnection) -> Snapshot {
-    Snapshot {
-        tasks: tasker_tasks::table
-            .order(tasker_tasks::task_id)
-            .select(Task::as_select())
-            .load(conn)
-            .expect("tasks"),
-        steps: tasker_workflow_steps::table
-            .order(tasker_workflow_steps::workflow_step_id)
-            .select(WorkflowStep::as_select())
-            .load(conn)
-            .expect("steps"),
-        step_transitions: tasker_workflow_step_transitions::table
-            .order(tasker_workflow_step_transitions::id)
-            .select(WorkflowStepTransition::as_select())
-            .load(conn)
-            .expect("step transitions"),
-        task_transitions: tasker_task_transitions::table
-            .order(tasker_task_transitions::id)
-            .select(TaskTransition::as_select())
-            .load(conn)
-            .expect("task transitions"),
-    }
-}
-
-/// Row counts first (a clearer failure), then every row.
-fn assert_nothing_written(before: &Snapshot, after: &Snapshot, what: &str) {
-    assert_eq!(
-        after.step_transitions.len(),
-        before.step_transitions.len(),
-        "{what}: step transition rows"
-    );
-    assert_eq!(
-        after.task_transitions.len(),
-        before.task_transitions.len(),
-        "{what}: task transition rows"
-    );
-    assert_eq!(after, before, "{what}: rows changed");
-}
-
-/// The refusal inside a result that must be one.
-fn refusal<T: Debug>(result: tasker_diesel::Result<T>) -> Refusal {
-    match result {
-        Err(Error::Refused(refusal)) => refusal,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-fn step_row(conn: &mut PgConnection, step_id: i64) -> WorkflowStep {
-    tasker_workflow_steps::table
-        .find(step_id)
-        .select(WorkflowStep::as_select())
-        .first(conn)
-        .expect("step row")
-}
-
-fn task_row(conn: &mut PgConnection, task_id: i64) -> Task {
-    tasker_tasks::table
-        .find(task_id)
-        .select(Task::as_select())
-        .first(conn)
-        .expect("task row")
-}
-
-fn step_history(conn: &mut PgConnection, step_id: i64) -> Vec<WorkflowStepTransition> {
-    tasker_workflow_step_transitions::table
-        .filter(tasker_workflow_step_transitions::workflow_step_id.eq(step_id))
-        .order(tasker_workflow_step_transitions::sort_key)
-        .select(WorkflowStepTransition::as_select())
-        .load(conn)
-        .expect("step history")
-}
-
-fn task_history(conn: &mut PgConnection, task_id: i64) -> Vec<TaskTransition> {
-    tasker_task_transitions::table
-        .filter(tasker_task_transitions::task_id.eq(task_id))
-        .order(tasker_task_transitions::sort_key)
-        .select(TaskTransition::as_select())
-        .load(conn)
-        .expect("task history")
-}
-
 /// `(from_state, to_state)` of each transition of a task, in order.
 fn task_moves(conn: &mut PgConnection, task_id: i64) -> Vec<(Option<TaskState>, TaskState)> {
-    task_history(conn, task_id)
+    task_transitions(conn, task_id)
         .into_iter()
         .map(|t| (t.from_state, t.to_state))
         .collect()
 }
 
 fn step_state(conn: &mut PgConnection, step_id: i64) -> StepState {
-    step_history(conn, step_id)
+    step_transitions(conn, step_id)
         .last()
         .map_or(StepState::Pending, |t| t.to_state)
 }
@@ -200,16 +110,19 @@ fn cancel_task_cancels_the_task_and_its_pending_and_in_progress_steps() {
         (Some(TaskState::InProgress), TaskState::Cancelled, 2)
     );
     assert!(cancelled.most_recent);
-    assert_eq!(task_history(&mut conn, task_id).last(), Some(&cancelled));
+    assert_eq!(
+        task_transitions(&mut conn, task_id).last(),
+        Some(&cancelled)
+    );
     assert!(!task_row(&mut conn, task_id).complete);
 
-    let pending = step_history(&mut conn, id(0));
+    let pending = step_transitions(&mut conn, id(0));
     assert_eq!(pending.len(), 1);
     assert_eq!(
         (pending[0].from_state, pending[0].to_state),
         (None, StepState::Cancelled)
     );
-    let running = step_history(&mut conn, id(1));
+    let running = step_transitions(&mut conn, id(1));
     assert_eq!(running.len(), 2);
     assert_eq!(
         (running[1].from_state, running[1].to_state),
@@ -231,7 +144,7 @@ fn cancel_task_leaves_complete_error_and_resolved_steps_as_they_are() {
         .map(|&step_id| {
             (
                 step_row(&mut conn, step_id),
-                step_history(&mut conn, step_id),
+                step_transitions(&mut conn, step_id),
             )
         })
         .collect();
@@ -243,7 +156,7 @@ fn cancel_task_leaves_complete_error_and_resolved_steps_as_they_are() {
         .map(|&step_id| {
             (
                 step_row(&mut conn, step_id),
-                step_history(&mut conn, step_id),
+                step_transitions(&mut conn, step_id),
             )
         })
         .collect();
@@ -275,7 +188,7 @@ fn steps_cancelled_with_their_task_are_processed_and_not_in_process() {
     let cancelled = cancel_task(&mut conn, fixture.task.task_id, None).unwrap();
     for (&step_id, before) in ids.iter().zip(&before) {
         let row = step_row(&mut conn, step_id);
-        let last = step_history(&mut conn, step_id).pop().unwrap();
+        let last = step_transitions(&mut conn, step_id).pop().unwrap();
         assert_eq!(last.to_state, StepState::Cancelled, "step {step_id}");
         assert!(row.processed, "step {step_id}: processed");
         assert!(!row.in_process, "step {step_id}: in_process");
@@ -300,7 +213,7 @@ fn cancel_task_stores_its_metadata_on_the_task_and_step_transitions() {
     let cancelled = cancel_task(&mut conn, fixture.task.task_id, Some(&note)).unwrap();
     assert_eq!(cancelled.metadata, Some(note.clone()));
     for step in &fixture.steps {
-        let history = step_history(&mut conn, step.workflow_step_id);
+        let history = step_transitions(&mut conn, step.workflow_step_id);
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].metadata, Some(note.clone()));
     }
@@ -308,7 +221,7 @@ fn cancel_task_stores_its_metadata_on_the_task_and_step_transitions() {
     let other = support::task_with_steps(&mut conn, 1);
     let cancelled = cancel_task(&mut conn, other.task.task_id, None).unwrap();
     assert_eq!(cancelled.metadata, Some(json!({})));
-    let history = step_history(&mut conn, other.steps[0].workflow_step_id);
+    let history = step_transitions(&mut conn, other.steps[0].workflow_step_id);
     assert_eq!(history[0].metadata, Some(json!({})));
 }
 
@@ -436,7 +349,7 @@ fn finalize_task_completes_a_pending_task_whose_steps_are_all_complete() {
     );
 
     assert!(task_row(&mut conn, task_id).complete);
-    let history = task_history(&mut conn, task_id);
+    let history = task_transitions(&mut conn, task_id);
     assert_eq!(
         history
             .iter()
@@ -525,7 +438,7 @@ fn finalize_task_stores_its_metadata_on_each_transition() {
     let with = support::task_with_steps(&mut conn, 1);
     walk_step(&mut conn, with.steps[0].workflow_step_id, DONE);
     finalize_task(&mut conn, with.task.task_id, Some(&note)).unwrap();
-    let stored: Vec<_> = task_history(&mut conn, with.task.task_id)
+    let stored: Vec<_> = task_transitions(&mut conn, with.task.task_id)
         .into_iter()
         .map(|t| t.metadata)
         .collect();
@@ -539,7 +452,7 @@ fn finalize_task_without_metadata_stores_an_empty_object() {
     let without = support::task_with_steps(&mut conn, 1);
     walk_step(&mut conn, without.steps[0].workflow_step_id, DONE);
     finalize_task(&mut conn, without.task.task_id, None).unwrap();
-    let stored: Vec<_> = task_history(&mut conn, without.task.task_id)
+    let stored: Vec<_> = task_transitions(&mut conn, without.task.task_id)
         .into_iter()
         .map(|t| t.metadata)
         .collect();
@@ -548,7 +461,7 @@ fn finalize_task_without_metadata_stores_an_empty_object() {
     let failed = support::task_with_steps(&mut conn, 1);
     fail_for_good(&mut conn, failed.steps[0].workflow_step_id);
     finalize_task(&mut conn, failed.task.task_id, None).unwrap();
-    let stored: Vec<_> = task_history(&mut conn, failed.task.task_id)
+    let stored: Vec<_> = task_transitions(&mut conn, failed.task.task_id)
         .into_iter()
         .map(|t| t.metadata)
         .collect();

@@ -3,7 +3,6 @@
 //! flags that follow each state, compare-and-swap, refusals that write
 //! nothing, metadata and UTC timestamps, and manual resolution.
 
-use std::fmt::Debug;
 use std::sync::Barrier;
 use std::thread;
 use std::time::Duration;
@@ -13,10 +12,8 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::json;
 use tasker_diesel::functions::{tasker_step_transition_allowed, tasker_task_transition_allowed};
-use tasker_diesel::models::{Task, TaskTransition, WorkflowStep, WorkflowStepTransition};
-use tasker_diesel::schema::{
-    tasker_task_transitions, tasker_tasks, tasker_workflow_step_transitions, tasker_workflow_steps,
-};
+use tasker_diesel::models::{TaskTransition, WorkflowStepTransition};
+use tasker_diesel::schema::{tasker_tasks, tasker_workflow_steps};
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
     resolve_step_manually, transition_task, transition_workflow_step, TransitionOptions,
@@ -24,6 +21,10 @@ use tasker_diesel::workflow::{
 use tasker_diesel::{Error, Refusal, StepReadinessStatus, StepState, TaskState};
 
 mod support;
+use support::{
+    assert_nothing_written, refusal, snapshot, step_row, step_transitions, task_row,
+    task_transitions, utc_now,
+};
 
 // The state machines, written out from SPEC.md section 2 (not from the SQL).
 
@@ -123,97 +124,6 @@ fn task_path_to(state: TaskState) -> &'static [TaskState] {
 
 // Helpers.
 
-/// Everything the write path can touch, to prove that a refusal wrote nothing.
-#[derive(Debug, PartialEq)]
-struct Snapshot {
-    tasks: Vec<Task>,
-    steps: Vec<WorkflowStep>,
-    step_transitions: Vec<WorkflowStepTransition>,
-    task_transitions: Vec<TaskTransition>,
-}
-
-fn snapshot(conn: &mut PgConnection) -> Snapshot {
-    Snapshot {
-        tasks: tasker_tasks::table
-            .order(tasker_tasks::task_id)
-            .select(Task::as_select())
-            .load(conn)
-            .expect("tasks"),
-        steps: tasker_workflow_steps::table
-            .order(tasker_workflow_steps::workflow_step_id)
-            .select(WorkflowStep::as_select())
-            .load(conn)
-            .expect("steps"),
-        step_transitions: tasker_workflow_step_transitions::table
-            .order(tasker_workflow_step_transitions::id)
-            .select(WorkflowStepTransition::as_select())
-            .load(conn)
-            .expect("step transitions"),
-        task_transitions: tasker_task_transitions::table
-            .order(tasker_task_transitions::id)
-            .select(TaskTransition::as_select())
-            .load(conn)
-            .expect("task transitions"),
-    }
-}
-
-/// Row counts first (a clearer failure), then every row.
-fn assert_nothing_written(before: &Snapshot, after: &Snapshot, what: &str) {
-    assert_eq!(
-        after.step_transitions.len(),
-        before.step_transitions.len(),
-        "{what}: step transition rows"
-    );
-    assert_eq!(
-        after.task_transitions.len(),
-        before.task_transitions.len(),
-        "{what}: task transition rows"
-    );
-    assert_eq!(after, before, "{what}: rows changed");
-}
-
-/// The refusal inside a result that must be one.
-fn refusal<T: Debug>(result: tasker_diesel::Result<T>) -> Refusal {
-    match result {
-        Err(Error::Refused(refusal)) => refusal,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
-
-fn step_row(conn: &mut PgConnection, step_id: i64) -> WorkflowStep {
-    tasker_workflow_steps::table
-        .find(step_id)
-        .select(WorkflowStep::as_select())
-        .first(conn)
-        .expect("step row")
-}
-
-fn task_row(conn: &mut PgConnection, task_id: i64) -> Task {
-    tasker_tasks::table
-        .find(task_id)
-        .select(Task::as_select())
-        .first(conn)
-        .expect("task row")
-}
-
-fn step_history(conn: &mut PgConnection, step_id: i64) -> Vec<WorkflowStepTransition> {
-    tasker_workflow_step_transitions::table
-        .filter(tasker_workflow_step_transitions::workflow_step_id.eq(step_id))
-        .order(tasker_workflow_step_transitions::sort_key)
-        .select(WorkflowStepTransition::as_select())
-        .load(conn)
-        .expect("step history")
-}
-
-fn task_history(conn: &mut PgConnection, task_id: i64) -> Vec<TaskTransition> {
-    tasker_task_transitions::table
-        .filter(tasker_task_transitions::task_id.eq(task_id))
-        .order(tasker_task_transitions::sort_key)
-        .select(TaskTransition::as_select())
-        .load(conn)
-        .expect("task history")
-}
-
 fn move_step(conn: &mut PgConnection, step_id: i64, to: StepState) -> WorkflowStepTransition {
     transition_workflow_step(conn, step_id, to, TransitionOptions::default())
         .unwrap_or_else(|error| panic!("step {step_id} -> {to}: {error}"))
@@ -222,14 +132,6 @@ fn move_step(conn: &mut PgConnection, step_id: i64, to: StepState) -> WorkflowSt
 fn move_task(conn: &mut PgConnection, task_id: i64, to: TaskState) -> TaskTransition {
     transition_task(conn, task_id, to, TransitionOptions::default())
         .unwrap_or_else(|error| panic!("task {task_id} -> {to}: {error}"))
-}
-
-fn utc_now(conn: &mut PgConnection) -> NaiveDateTime {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamp>(
-        "now() AT TIME ZONE 'UTC'",
-    ))
-    .get_result(conn)
-    .expect("now in UTC")
 }
 
 // The state machines, move by move.
@@ -260,7 +162,7 @@ fn every_legal_step_move_is_written_and_every_other_is_refused_without_writing()
             for state in step_path_to(from) {
                 move_step(&mut conn, step_id, *state);
             }
-            let previous = step_history(&mut conn, step_id).last().cloned();
+            let previous = step_transitions(&mut conn, step_id).last().cloned();
             assert_eq!(
                 previous.as_ref().map_or(StepState::Pending, |t| t.to_state),
                 from
@@ -286,7 +188,7 @@ fn every_legal_step_move_is_written_and_every_other_is_refused_without_writing()
                     "{case}"
                 );
                 assert!(written.most_recent, "{case}");
-                let history = step_history(&mut conn, step_id);
+                let history = step_transitions(&mut conn, step_id);
                 assert_eq!(history.len(), step_path_to(from).len() + 1, "{case}");
                 assert_eq!(history.last(), Some(&written), "{case}: stored as returned");
                 let current: Vec<i64> = history
@@ -323,7 +225,7 @@ fn every_legal_task_move_is_written_and_every_other_is_refused_without_writing()
             for state in task_path_to(from) {
                 move_task(&mut conn, task_id, *state);
             }
-            let previous = task_history(&mut conn, task_id).last().cloned();
+            let previous = task_transitions(&mut conn, task_id).last().cloned();
             assert_eq!(
                 previous.as_ref().map_or(TaskState::Pending, |t| t.to_state),
                 from
@@ -348,7 +250,7 @@ fn every_legal_task_move_is_written_and_every_other_is_refused_without_writing()
                     "{case}"
                 );
                 assert!(written.most_recent, "{case}");
-                let history = task_history(&mut conn, task_id);
+                let history = task_transitions(&mut conn, task_id);
                 assert_eq!(history.len(), task_path_to(from).len() + 1, "{case}");
                 assert_eq!(history.last(), Some(&written), "{case}: stored as returned");
                 let current: Vec<i64> = history
@@ -759,7 +661,7 @@ fn concurrent_compare_and_swap_starts_a_step_exactly_once() {
             actual: StepState::InProgress,
         }
     );
-    let history = step_history(&mut setup, step_id);
+    let history = step_transitions(&mut setup, step_id);
     assert_eq!(history.len(), 1, "{history:?}");
     assert_eq!(history[0].to_state, StepState::InProgress);
     assert_eq!(step_row(&mut setup, step_id).attempts, Some(1));
@@ -842,7 +744,7 @@ fn transition_metadata_is_stored_and_is_an_empty_object_when_none() {
     let without = move_step(&mut conn, step_id, StepState::Complete);
     assert_eq!(with.metadata, Some(given.clone()));
     assert_eq!(without.metadata, Some(json!({})));
-    let stored: Vec<_> = step_history(&mut conn, step_id)
+    let stored: Vec<_> = step_transitions(&mut conn, step_id)
         .into_iter()
         .map(|t| t.metadata)
         .collect();
@@ -858,7 +760,7 @@ fn transition_metadata_is_stored_and_is_an_empty_object_when_none() {
     let without = move_task(&mut conn, task_id, TaskState::Complete);
     assert_eq!(with.metadata, Some(given.clone()));
     assert_eq!(without.metadata, Some(json!({})));
-    let stored: Vec<_> = task_history(&mut conn, task_id)
+    let stored: Vec<_> = task_transitions(&mut conn, task_id)
         .into_iter()
         .map(|t| t.metadata)
         .collect();
@@ -943,7 +845,7 @@ fn later_transitions_have_later_timestamps() {
         Ok(())
     })
     .unwrap();
-    let history = step_history(&mut conn, step_id);
+    let history = step_transitions(&mut conn, step_id);
     assert!(
         history
             .windows(2)

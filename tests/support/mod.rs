@@ -2,11 +2,13 @@
 
 #![allow(dead_code)]
 
+use std::fmt::Debug;
+
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use tasker_diesel::models::*;
 use tasker_diesel::schema::*;
-use tasker_diesel::{StepState, TaskState};
+use tasker_diesel::{Error, Refusal, StepState, TaskState};
 
 /// A task template with `step_count` step templates, a task of it and one
 /// step instance per template.
@@ -233,4 +235,100 @@ where
         .set(changes)
         .execute(conn)
         .expect("update step");
+}
+
+/// Everything the write path can touch, to prove that a refusal wrote nothing.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub tasks: Vec<Task>,
+    pub steps: Vec<WorkflowStep>,
+    pub step_transitions: Vec<WorkflowStepTransition>,
+    pub task_transitions: Vec<TaskTransition>,
+}
+
+/// Every row of the tables the write path touches.
+pub fn snapshot(conn: &mut PgConnection) -> Snapshot {
+    Snapshot {
+        tasks: tasker_tasks::table
+            .order(tasker_tasks::task_id)
+            .select(Task::as_select())
+            .load(conn)
+            .expect("tasks"),
+        steps: tasker_workflow_steps::table
+            .order(tasker_workflow_steps::workflow_step_id)
+            .select(WorkflowStep::as_select())
+            .load(conn)
+            .expect("steps"),
+        step_transitions: tasker_workflow_step_transitions::table
+            .order(tasker_workflow_step_transitions::id)
+            .select(WorkflowStepTransition::as_select())
+            .load(conn)
+            .expect("step transitions"),
+        task_transitions: tasker_task_transitions::table
+            .order(tasker_task_transitions::id)
+            .select(TaskTransition::as_select())
+            .load(conn)
+            .expect("task transitions"),
+    }
+}
+
+/// Row counts first (a clearer failure), then every row.
+pub fn assert_nothing_written(before: &Snapshot, after: &Snapshot, what: &str) {
+    assert_eq!(
+        after.step_transitions.len(),
+        before.step_transitions.len(),
+        "{what}: step transition rows"
+    );
+    assert_eq!(
+        after.task_transitions.len(),
+        before.task_transitions.len(),
+        "{what}: task transition rows"
+    );
+    assert_eq!(after, before, "{what}: rows changed");
+}
+
+/// The refusal inside a result that must be one.
+pub fn refusal<T: Debug>(result: tasker_diesel::Result<T>) -> Refusal {
+    match result {
+        Err(Error::Refused(refusal)) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The step's row as stored.
+pub fn step_row(conn: &mut PgConnection, step_id: i64) -> WorkflowStep {
+    tasker_workflow_steps::table
+        .find(step_id)
+        .select(WorkflowStep::as_select())
+        .first(conn)
+        .expect("step row")
+}
+
+/// The task's row as stored.
+pub fn task_row(conn: &mut PgConnection, task_id: i64) -> Task {
+    tasker_tasks::table
+        .find(task_id)
+        .select(Task::as_select())
+        .first(conn)
+        .expect("task row")
+}
+
+/// The step's transitions, oldest first.
+pub fn step_transitions(conn: &mut PgConnection, step_id: i64) -> Vec<WorkflowStepTransition> {
+    tasker_workflow_step_transitions::table
+        .filter(tasker_workflow_step_transitions::workflow_step_id.eq(step_id))
+        .order(tasker_workflow_step_transitions::sort_key)
+        .select(WorkflowStepTransition::as_select())
+        .load(conn)
+        .expect("step history")
+}
+
+/// The task's transitions, oldest first.
+pub fn task_transitions(conn: &mut PgConnection, task_id: i64) -> Vec<TaskTransition> {
+    tasker_task_transitions::table
+        .filter(tasker_task_transitions::task_id.eq(task_id))
+        .order(tasker_task_transitions::sort_key)
+        .select(TaskTransition::as_select())
+        .load(conn)
+        .expect("task history")
 }

@@ -667,6 +667,28 @@ fn finalize_task_is_refused_while_a_failed_step_waits_for_its_retry() {
 }
 
 #[test]
+fn finalize_task_waits_for_the_retries_left_of_a_task_blocked_by_failures() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    // 0 failed for good; 1 failed and retries in an hour. The context says
+    // blocked_by_failures, but 1 may still succeed.
+    let fixture = support::task_with_steps(&mut conn, 2);
+    let id = |index: usize| fixture.steps[index].workflow_step_id;
+    let task_id = fixture.task.task_id;
+    walk_task(&mut conn, task_id, &[TaskState::InProgress]);
+    fail_for_good(&mut conn, id(0));
+    fail_for_now(&mut conn, id(1));
+    assert_not_finished(&mut conn, task_id, ExecutionStatus::BlockedByFailures);
+
+    // Once 1 has used its last attempt, the task is blocked for good.
+    support::update_step(&mut conn, id(1), tasker_workflow_steps::retry_limit.eq(1));
+    assert_eq!(
+        finalize_task(&mut conn, task_id, None).unwrap(),
+        TaskState::Error
+    );
+}
+
+#[test]
 fn finalize_task_of_a_cancelled_task_is_refused_as_an_illegal_move() {
     let db = TestDatabase::new();
     let mut conn = db.connection();

@@ -507,11 +507,12 @@ AS $$
 DECLARE
     written tasker_task_transitions;
 BEGIN
-    -- Lock every step of the task first, in id order (steps before their task), waiting
-    -- for writers in flight (a worker completing a step); then the next statements'
-    -- snapshots see their commits and pick exactly the steps still unfinished.
+    -- Lock the task's unfinished steps first (processed ones are final), in id order
+    -- (steps before their task), waiting for writers in flight (a worker completing a
+    -- step); then the next statements' snapshots see their commits and pick exactly the
+    -- steps still unfinished.
     PERFORM FROM tasker_workflow_steps AS s
-    WHERE s.task_id = cancel_task.task_id
+    WHERE s.task_id = cancel_task.task_id AND NOT s.processed
     ORDER BY s.workflow_step_id
     FOR NO KEY UPDATE;
     written := transition_task(cancel_task.task_id, 'cancelled', metadata);
@@ -538,6 +539,13 @@ DECLARE
     the_task_id CONSTANT bigint := finalize_task.task_id;
     ctx tasker_task_execution_context_row;
 BEGIN
+    -- The task's unfinished steps, then the task (the lock order): no claim can take a
+    -- step while the task is finalized, and claims in flight commit first, so the
+    -- context read next sees them.
+    PERFORM FROM tasker_workflow_steps AS s
+    WHERE s.task_id = the_task_id AND NOT s.processed
+    ORDER BY s.workflow_step_id
+    FOR NO KEY UPDATE;
     PERFORM FROM tasker_tasks AS t WHERE t.task_id = the_task_id FOR NO KEY UPDATE;
     SELECT * INTO ctx FROM get_task_execution_context(the_task_id);
     IF ctx.task_id IS NULL THEN
@@ -562,14 +570,21 @@ BEGIN
         IF ctx.status = 'error' THEN
             RETURN 'error';
         END IF;
-        PERFORM transition_task(the_task_id, 'error', metadata);
-        RETURN 'error';
+        -- Blocked for good only once no failed step has a retry left: one still in its
+        -- backoff will be ready again and may unblock the rest.
+        IF NOT EXISTS (SELECT FROM tasker_step_readiness(ARRAY[the_task_id], NULL) AS r
+                        WHERE r.current_state = 'error' AND r.retry_eligible) THEN
+            PERFORM transition_task(the_task_id, 'error', metadata);
+            RETURN 'error';
+        END IF;
     END IF;
     PERFORM tasker_refuse('task_not_finished',
-        format('task %s cannot be finalized: it is %s', the_task_id, ctx.execution_status),
+        format('task %s cannot be finalized: it is %s', the_task_id, ctx.execution_status)
+            || CASE WHEN ctx.execution_status = 'blocked_by_failures'
+                    THEN ' and a failed step still has a retry left' ELSE '' END,
         jsonb_build_object('task_id', the_task_id, 'execution_status', ctx.execution_status));
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION finalize_task(bigint, jsonb) IS
-    'Finalizes a task from its execution context: all_complete moves it to complete (through in_progress when still pending, and through pending and in_progress when in error after its failed steps were resolved; tasker_tasks.complete becomes true), blocked_by_failures moves it to error. Idempotent: a task already in that state is left as it is. Returns the task''s state. Refusals: unknown_task, task_not_finished (the context says work remains), illegal_task_transition (for example a cancelled task).';
+    'Finalizes a task from its execution context: all_complete moves it to complete (through in_progress when still pending, and through pending and in_progress when in error after its failed steps were resolved; tasker_tasks.complete becomes true), blocked_by_failures moves it to error once no failed step has a retry left. The task''s unfinished steps are locked first, so no claim slips in between. Idempotent: a task already in that state is left as it is. Returns the task''s state. Refusals: unknown_task, task_not_finished (work remains, or a blocked task''s failed step still has a retry left), illegal_task_transition (for example a cancelled task).';

@@ -256,7 +256,8 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    locked bigint[];
+    span record;
+    locked bigint[] := '{}';
     startable bigint[];
     claimable record;
     moved tasker_workflow_step_transitions;
@@ -271,27 +272,24 @@ BEGIN
 
     -- 1. Lock up to max_steps steps that look ready, skipping the ones another
     -- transaction holds: the lock is taken on the step rows themselves. Only steps of
-    -- tasks that are pending or in progress are claimed. The two branches differ only in
-    -- where the candidates come from, so each keeps an index-range plan.
-    IF task_ids IS NULL THEN
-        SELECT array_agg(candidate.workflow_step_id) INTO locked FROM (
+    -- tasks that are pending or in progress are claimed. Candidates are read range by
+    -- range of task ids, in order: one range holding every id when claiming from any
+    -- task, else one range per task asked for. Each range is an ordered walk of
+    -- tasker_workflow_steps_claimable_idx that stops once enough steps are locked, so
+    -- readiness is computed only for the steps looked at.
+    FOR span IN
+        SELECT wanted.task_id AS lowest, wanted.task_id AS highest
+        FROM (SELECT DISTINCT unnest(claim_ready_steps.task_ids) AS task_id) AS wanted
+        WHERE wanted.task_id IS NOT NULL
+        UNION ALL
+        SELECT -9223372036854775808, 9223372036854775807
+        WHERE claim_ready_steps.task_ids IS NULL
+        ORDER BY lowest
+    LOOP
+        SELECT locked || array_agg(candidate.workflow_step_id) INTO locked FROM (
             SELECT step.workflow_step_id
             FROM tasker_workflow_steps AS step
-            WHERE NOT step.processed AND NOT step.in_process
-              AND (SELECT r.ready_for_execution
-                     FROM tasker_step_readiness(NULL, ARRAY[step.workflow_step_id]) AS r)
-              AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
-                             WHERE t.task_id = step.task_id AND t.most_recent),
-                           'pending') IN ('pending', 'in_progress')
-            ORDER BY step.task_id, step.workflow_step_id
-            LIMIT max_steps
-            FOR NO KEY UPDATE OF step SKIP LOCKED
-        ) AS candidate;
-    ELSE
-        SELECT array_agg(candidate.workflow_step_id) INTO locked FROM (
-            SELECT step.workflow_step_id
-            FROM tasker_workflow_steps AS step
-            WHERE step.task_id = ANY (claim_ready_steps.task_ids)
+            WHERE step.task_id BETWEEN span.lowest AND span.highest
               AND NOT step.processed AND NOT step.in_process
               AND (SELECT r.ready_for_execution
                      FROM tasker_step_readiness(NULL, ARRAY[step.workflow_step_id]) AS r)
@@ -299,11 +297,12 @@ BEGIN
                              WHERE t.task_id = step.task_id AND t.most_recent),
                            'pending') IN ('pending', 'in_progress')
             ORDER BY step.task_id, step.workflow_step_id
-            LIMIT max_steps
+            LIMIT max_steps - cardinality(locked)
             FOR NO KEY UPDATE OF step SKIP LOCKED
         ) AS candidate;
-    END IF;
-    IF locked IS NULL THEN
+        EXIT WHEN cardinality(locked) >= max_steps;
+    END LOOP;
+    IF cardinality(locked) = 0 THEN
         RETURN;
     END IF;
 

@@ -510,7 +510,7 @@ fn retry_after_holds_the_step_until_last_attempt_plus_that_delay() {
 }
 
 #[test]
-fn failure_without_retry_after_clears_an_earlier_request() {
+fn a_requested_delay_is_cleared_when_the_next_attempt_starts() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let fixture = support::task_with_steps(&mut conn, 1);
@@ -525,10 +525,8 @@ fn failure_without_retry_after_clears_an_earlier_request() {
     .unwrap();
     age_latest_transition(&mut conn, step_id, 200);
     let second = claim_one(&mut conn);
-    assert_eq!(
-        step_row(&mut conn, step_id).backoff_request_seconds,
-        Some(120)
-    );
+    assert_eq!(step_row(&mut conn, step_id).backoff_request_seconds, None);
+    assert_eq!(readiness(&mut conn, step_id).next_retry_at, None);
 
     let failed = fail_step(&mut conn, second.claim(), &json!("boom"), None).unwrap();
     assert_eq!(step_row(&mut conn, step_id).backoff_request_seconds, None);

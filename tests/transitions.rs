@@ -324,6 +324,7 @@ fn walk_step_checking_flags(conn: &mut PgConnection, step_id: i64, path: &[StepS
                 s::processed.eq(!finished),
                 s::processed_at.eq((!finished).then_some(stale)),
                 s::claimed_until.eq(Some(stale)),
+                s::backoff_request_seconds.eq(Some(30)),
             ),
         );
         let before = step_row(conn, step_id);
@@ -350,7 +351,16 @@ fn walk_step_checking_flags(conn: &mut PgConnection, step_id: i64, path: &[StepS
                 Some(written.created_at),
                 "{case}: last_attempted_at"
             );
+            assert_eq!(
+                after.backoff_request_seconds, None,
+                "{case}: the start honoured the requested delay"
+            );
         } else {
+            assert_eq!(
+                after.backoff_request_seconds,
+                Some(30),
+                "{case}: backoff_request_seconds"
+            );
             assert_eq!(after.attempts, before.attempts, "{case}: attempts");
             assert_eq!(
                 after.last_attempted_at, before.last_attempted_at,
@@ -366,7 +376,6 @@ fn walk_step_checking_flags(conn: &mut PgConnection, step_id: i64, path: &[StepS
                 after.retry_limit,
                 &after.inputs,
                 &after.results,
-                after.backoff_request_seconds,
                 after.skippable,
                 after.created_at,
             ),
@@ -377,7 +386,6 @@ fn walk_step_checking_flags(conn: &mut PgConnection, step_id: i64, path: &[StepS
                 before.retry_limit,
                 &before.inputs,
                 &before.results,
-                before.backoff_request_seconds,
                 before.skippable,
                 before.created_at,
             ),

@@ -149,7 +149,8 @@ BEGIN
     RETURNING * INTO written;
 
     -- The step's flags follow its state: in process exactly while in progress,
-    -- processed once final; each start counts an attempt.
+    -- processed once final; each start counts an attempt, and clears the delay the
+    -- previous failure asked for, which that start has honoured.
     finished := target IN ('complete', 'cancelled', 'resolved_manually');
     UPDATE tasker_workflow_steps AS s SET
         in_process = (target = 'in_progress'),
@@ -159,6 +160,8 @@ BEGIN
                         ELSE s.attempts END,
         last_attempted_at = CASE WHEN target = 'in_progress' THEN stamp
                                  ELSE s.last_attempted_at END,
+        backoff_request_seconds = CASE WHEN target = 'in_progress' THEN NULL
+                                       ELSE s.backoff_request_seconds END,
         claimed_until = NULL,
         updated_at = stamp
     WHERE s.workflow_step_id = step_id;
@@ -167,7 +170,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION transition_workflow_step(bigint, tasker_step_state, jsonb, tasker_step_state) IS
-    'Moves a step to to_state in one call: locks the step, checks the move against the step state machine (and, when expected_state is given, that the step is in it: compare-and-swap), clears the old most_recent, appends the transition with the next sort_key and metadata, and sets the step''s flags: in_process while in_progress, processed and processed_at once complete, cancelled or resolved_manually, attempts + 1 and last_attempted_at on each move to in_progress, claimed_until cleared. Returns the new transition. Refusals: unknown_step, step_state_conflict, illegal_step_transition.';
+    'Moves a step to to_state in one call: locks the step, checks the move against the step state machine (and, when expected_state is given, that the step is in it: compare-and-swap), clears the old most_recent, appends the transition with the next sort_key and metadata, and sets the step''s flags: in_process while in_progress, processed and processed_at once complete, cancelled or resolved_manually, attempts + 1, last_attempted_at and backoff_request_seconds cleared on each move to in_progress, claimed_until cleared. Returns the new transition. Refusals: unknown_step, step_state_conflict, illegal_step_transition.';
 
 CREATE FUNCTION transition_task(
     task_id bigint,

@@ -48,6 +48,20 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
+    /// The database to run against: `DATABASE_URL` when it is set, else a
+    /// new throwaway cluster, returned too so the caller keeps it alive (the
+    /// examples use this).
+    pub fn from_env_or_start() -> io::Result<(String, Option<LocalCluster>)> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) => Ok((url, None)),
+            Err(_) => {
+                println!("DATABASE_URL is unset: starting a throwaway PostgreSQL cluster");
+                let cluster = LocalCluster::start()?;
+                Ok((cluster.url().to_owned(), Some(cluster)))
+            }
+        }
+    }
+
     /// Creates and starts a cluster, and waits until it accepts connections.
     pub fn start() -> io::Result<Self> {
         let bin_dir = find_bin_dir()?;

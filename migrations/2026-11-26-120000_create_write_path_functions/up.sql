@@ -259,8 +259,8 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    span record;
-    locked bigint[] := '{}';
+    wanted record;
+    locked bigint[];
     startable bigint[];
     claimable record;
     moved tasker_workflow_step_transitions;
@@ -275,37 +275,51 @@ BEGIN
 
     -- 1. Lock up to max_steps steps that look ready, skipping the ones another
     -- transaction holds: the lock is taken on the step rows themselves. Only steps of
-    -- tasks that are pending or in progress are claimed. Candidates are read range by
-    -- range of task ids, in order: one range holding every id when claiming from any
-    -- task, else one range per task asked for. Each range is an ordered walk of
-    -- tasker_workflow_steps_claimable_idx that stops once enough steps are locked, so
-    -- readiness is computed only for the steps looked at.
-    FOR span IN
-        SELECT wanted.task_id AS lowest, wanted.task_id AS highest
-        FROM (SELECT DISTINCT unnest(claim_ready_steps.task_ids) AS task_id) AS wanted
-        WHERE wanted.task_id IS NOT NULL
-        UNION ALL
-        SELECT -9223372036854775808, 9223372036854775807
-        WHERE claim_ready_steps.task_ids IS NULL
-        ORDER BY lowest
-    LOOP
-        SELECT locked || array_agg(candidate.workflow_step_id) INTO locked FROM (
+    -- tasks that are pending or in progress are claimed. Each query is an ordered walk
+    -- of tasker_workflow_steps_claimable_idx that stops once enough steps are locked,
+    -- so readiness is computed only for the steps looked at: over all tasks at once, or
+    -- task by task in id order. (One query with a task-id range for both would do the
+    -- same with custom plans, but its generic plan misjudges the range and sorts every
+    -- candidate instead: 8 ms a claim instead of under 1 ms on a small table.)
+    IF claim_ready_steps.task_ids IS NULL THEN
+        SELECT array_agg(candidate.workflow_step_id) INTO locked FROM (
             SELECT step.workflow_step_id
             FROM tasker_workflow_steps AS step
-            WHERE step.task_id BETWEEN span.lowest AND span.highest
-              AND NOT step.processed AND NOT step.in_process
+            WHERE NOT step.processed AND NOT step.in_process
               AND (SELECT r.ready_for_execution
                      FROM tasker_step_readiness(NULL, ARRAY[step.workflow_step_id]) AS r)
               AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
                              WHERE t.task_id = step.task_id AND t.most_recent),
                            'pending') IN ('pending', 'in_progress')
             ORDER BY step.task_id, step.workflow_step_id
-            LIMIT max_steps - cardinality(locked)
+            LIMIT max_steps
             FOR NO KEY UPDATE OF step SKIP LOCKED
         ) AS candidate;
-        EXIT WHEN cardinality(locked) >= max_steps;
-    END LOOP;
-    IF cardinality(locked) = 0 THEN
+    ELSE
+        FOR wanted IN
+            SELECT DISTINCT requested.task_id
+            FROM unnest(claim_ready_steps.task_ids) AS requested (task_id)
+            WHERE coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
+                             WHERE t.task_id = requested.task_id AND t.most_recent),
+                           'pending') IN ('pending', 'in_progress')
+            ORDER BY requested.task_id
+        LOOP
+            SELECT coalesce(locked, '{}') || array_agg(candidate.workflow_step_id)
+            INTO locked FROM (
+                SELECT step.workflow_step_id
+                FROM tasker_workflow_steps AS step
+                WHERE step.task_id = wanted.task_id
+                  AND NOT step.processed AND NOT step.in_process
+                  AND (SELECT r.ready_for_execution
+                         FROM tasker_step_readiness(NULL, ARRAY[step.workflow_step_id]) AS r)
+                ORDER BY step.workflow_step_id
+                LIMIT max_steps - coalesce(cardinality(locked), 0)
+                FOR NO KEY UPDATE OF step SKIP LOCKED
+            ) AS candidate;
+            EXIT WHEN cardinality(locked) >= max_steps;
+        END LOOP;
+    END IF;
+    IF coalesce(cardinality(locked), 0) = 0 THEN
         RETURN;
     END IF;
 

@@ -17,6 +17,8 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{Error, IntegrityRule, StepReadinessStatus, StepState};
 
+mod support;
+
 /// validate → (reserve_stock, charge_card) → ship, each step with other flags.
 fn diamond() -> TaskTemplate {
     TaskTemplate::new("fulfillment", "process_order", "1.0.0")
@@ -123,7 +125,6 @@ fn a_diamond_creates_catalog_task_steps_and_edges_with_only_the_root_ready() {
         .source_system("web")
         .reason("new order")
         .tags(["priority"])
-        .bypass_steps(["ship"])
         .input("charge_card", json!({"amount_cents": 1999}));
 
     let created = create_task(&mut conn, &request).expect("create task");
@@ -135,7 +136,7 @@ fn a_diamond_creates_catalog_task_steps_and_edges_with_only_the_root_ready() {
     assert_eq!(task.source_system.as_deref(), Some("web"));
     assert_eq!(task.reason.as_deref(), Some("new order"));
     assert_eq!(task.tags, Some(json!(["priority"])));
-    assert_eq!(task.bypass_steps, Some(json!(["ship"])));
+    assert_eq!(task.bypass_steps, None);
     assert!(!task.complete);
     assert_eq!(task.identity_hash.len(), 64);
     assert!(task.identity_hash.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -653,6 +654,36 @@ fn only_skippable_steps_of_the_template_can_be_bypassed() {
             step: "charge_card".into(),
         },
     );
+}
+
+#[test]
+fn a_bypassed_step_starts_resolved_manually_and_its_children_do_not_wait_for_it() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let template = TaskTemplate::new("fulfillment", "gift_order", "1.0.0")
+        .step(StepTemplate::new("wrap").skippable(true))
+        .step(StepTemplate::new("ship").depends_on(["wrap"]));
+    let created = create_task(
+        &mut conn,
+        &TaskRequest::new(&template).bypass_steps(["wrap"]),
+    )
+    .expect("create");
+
+    let wrap = created.step("wrap").expect("wrap");
+    assert!(wrap.processed && !wrap.in_process, "{wrap:?}");
+    let history = support::step_transitions(&mut conn, wrap.workflow_step_id);
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].to_state, StepState::ResolvedManually);
+    assert_eq!(history[0].metadata, Some(json!({"bypassed": true})));
+    let ready: Vec<String> = StepReadinessStatus::for_task(created.task.task_id)
+        .ready_for_execution()
+        .load(&mut conn)
+        .expect("readiness")
+        .into_iter()
+        .map(|row| row.name)
+        .collect();
+    assert_eq!(ready, ["ship"]);
+    assert_eq!(created.task.bypass_steps, Some(json!(["wrap"])));
 }
 
 #[test]

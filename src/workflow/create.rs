@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::template::{check_length, TaskTemplate, TemplateError, TemplateField};
+use super::transition::{transition_workflow_step, TransitionOptions};
+use crate::enums::StepState;
 use crate::error::{Error, IntegrityRule};
 use crate::models::{
     NewDependentSystem, NewNamedStep, NewNamedTask, NewNamedTaskNamedStep, NewTask,
@@ -49,7 +51,8 @@ pub struct TaskRequest<'a> {
     pub reason: Option<String>,
     /// Stored as a JSON array of strings.
     pub tags: Option<Vec<String>>,
-    /// Skippable steps this task bypasses, stored as a JSON array of names.
+    /// Skippable steps this task bypasses, stored as a JSON array of names;
+    /// they start `resolved_manually`.
     pub bypass_steps: Option<Vec<String>>,
     /// `None`: the transaction's time, in UTC.
     pub requested_at: Option<NaiveDateTime>,
@@ -225,8 +228,10 @@ impl CreatedTask {
 ///    Existing catalog rows are not updated: step instances take their
 ///    flags from the request's template, not from the stored membership.
 /// 4. The task, then all steps in one statement and all edges (parent to
-///    child, named [`EDGE_NAME`]) in another. No transition is written: a
-///    step without one is pending.
+///    child, named [`EDGE_NAME`]) in another. No transition is written (a
+///    step without one is pending) except for the bypassed steps, which are
+///    moved to `resolved_manually` with `{"bypassed": true}`: they never run,
+///    and their children count them as complete.
 ///
 /// Two connections creating the same identity hash at once both succeed
 /// with the same task, one `created: true`: the second `INSERT` waits for
@@ -339,6 +344,31 @@ fn create_in_transaction(
             .select(Task::as_select())
             .get_result(conn)?
     };
+
+    // A bypassed step is settled at once: resolved manually, which its
+    // children count as complete, with the reason in the transition.
+    let bypassed: BTreeSet<i64> = request
+        .bypass_steps
+        .iter()
+        .flatten()
+        .map(|name| step_id_of(name))
+        .collect();
+    if !bypassed.is_empty() {
+        let metadata = serde_json::json!({ "bypassed": true });
+        for &step_id in &bypassed {
+            transition_workflow_step(
+                conn,
+                step_id,
+                StepState::ResolvedManually,
+                TransitionOptions::default().with_metadata(&metadata),
+            )?;
+        }
+        steps = tasker_workflow_steps::table
+            .filter(tasker_workflow_steps::task_id.eq(task.task_id))
+            .order(tasker_workflow_steps::workflow_step_id)
+            .select(WorkflowStep::as_select())
+            .load(conn)?;
+    }
 
     let names: HashMap<i32, &str> = catalog
         .named_step_ids

@@ -323,16 +323,17 @@ BEGIN
         RETURN;
     END IF;
 
-    -- 2. Pending tasks start with their first claim. Their rows are locked in id order,
-    -- waiting for a concurrent claim that is starting the same task (a short wait: it
-    -- never waits for a step), so that claim's commit is seen and this one's steps of the
-    -- task are kept.
+    -- 2. Pending tasks (new ones, and ones moved back to pending to resume) start with
+    -- their first claim. Their rows are locked in id order, waiting for a concurrent
+    -- claim that is starting the same task (a short wait: it never waits for a step), so
+    -- that claim's commit is seen and this one's steps of the task are kept.
     SELECT array_agg(task.task_id) INTO startable FROM (
         SELECT t.task_id FROM tasker_tasks AS t
         WHERE t.task_id IN (SELECT s.task_id FROM tasker_workflow_steps AS s
                              WHERE s.workflow_step_id = ANY (locked))
-          AND NOT EXISTS (SELECT FROM tasker_task_transitions AS tt
-                           WHERE tt.task_id = t.task_id AND tt.most_recent)
+          AND coalesce((SELECT tt.to_state FROM tasker_task_transitions AS tt
+                         WHERE tt.task_id = t.task_id AND tt.most_recent),
+                       'pending') = 'pending'
         ORDER BY t.task_id
         FOR NO KEY UPDATE
     ) AS task;
@@ -340,8 +341,9 @@ BEGIN
     PERFORM transition_task(task.task_id, 'in_progress', claim_ready_steps.metadata, 'pending')
     FROM tasker_tasks AS task
     WHERE task.task_id = ANY (startable)
-      AND NOT EXISTS (SELECT FROM tasker_task_transitions AS t
-                       WHERE t.task_id = task.task_id AND t.most_recent);
+      AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
+                     WHERE t.task_id = task.task_id AND t.most_recent),
+                   'pending') = 'pending';
 
     -- 3. Recheck with this statement's snapshot, which sees every commit made before
     -- the locks were granted, and move each step that is still ready; a step that
@@ -375,7 +377,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb) IS
-    'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: per candidate step, the index probes of its readiness; claiming from any task walks tasker_workflow_steps_claimable_idx in order until max_steps ready steps are found.';
+    'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task (new, or moved back to pending to resume it) moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: per candidate step, the index probes of its readiness; claiming from any task walks tasker_workflow_steps_claimable_idx in order until max_steps ready steps are found.';
 
 CREATE FUNCTION tasker_held_claim(workflow_step_id bigint, claim_id bigint)
 RETURNS tasker_workflow_steps

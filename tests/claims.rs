@@ -1056,6 +1056,25 @@ fn leases_are_timed_in_utc_whatever_the_session_time_zone() {
 }
 
 #[test]
+fn release_expired_claims_skips_a_row_whose_flags_disagree_with_its_history() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = support::task_with_steps(&mut conn, 2);
+    let claimed = claim_one(&mut conn);
+    expire_lease(&mut conn, claimed.workflow_step_id, 5);
+    // Written by hand: in process with a past lease, but never started.
+    let odd = fixture.steps[1].workflow_step_id;
+    support::update_step(&mut conn, odd, steps::in_process.eq(true));
+    expire_lease(&mut conn, odd, 10);
+
+    assert_eq!(
+        release_expired_claims(&mut conn, None).unwrap(),
+        [claimed.workflow_step_id]
+    );
+    assert_eq!(step_states(&mut conn, odd), []);
+}
+
+#[test]
 fn release_expired_claims_with_nothing_expired_returns_nothing() {
     let db = TestDatabase::new();
     let mut conn = db.connection();

@@ -477,7 +477,8 @@ BEGIN
             jsonb_build_object('retry_after_seconds', retry_after_seconds));
     END IF;
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
-    -- A requested delay belongs to this failure only: a failure without one clears it.
+    -- The delay this failure asks for, or none; the next start clears it (see
+    -- transition_workflow_step), so it never outlives the retry it was for.
     UPDATE tasker_workflow_steps AS s SET backoff_request_seconds = retry_after_seconds
     WHERE s.workflow_step_id = fail_step.workflow_step_id;
     RETURN transition_workflow_step(workflow_step_id, 'error',
@@ -485,7 +486,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION fail_step(bigint, bigint, jsonb, integer) IS
-    'Records the failure of a claimed step: moves it to error with {"error": error_info} as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL clears an earlier request). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
+    'Records the failure of a claimed step: moves it to error with {"error": error_info} as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL: no requested delay). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
 
 CREATE FUNCTION release_expired_claims(max_steps integer DEFAULT NULL)
 RETURNS SETOF bigint
@@ -500,6 +501,11 @@ BEGIN
                  WHERE t.workflow_step_id = s.workflow_step_id AND t.most_recent) AS claim_id
         FROM tasker_workflow_steps AS s
         WHERE s.in_process AND s.claimed_until <= clock_timestamp() AT TIME ZONE 'UTC'
+          -- A row whose flags disagree with its history (written by hand) is left alone
+          -- rather than failing the whole sweep.
+          AND EXISTS (SELECT FROM tasker_workflow_step_transitions AS t
+                       WHERE t.workflow_step_id = s.workflow_step_id AND t.most_recent
+                         AND t.to_state = 'in_progress')
         ORDER BY s.claimed_until, s.workflow_step_id
         LIMIT max_steps
         FOR NO KEY UPDATE OF s SKIP LOCKED

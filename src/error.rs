@@ -108,7 +108,7 @@ pub enum Refusal {
         task_id: i64,
         execution_status: ExecutionStatus,
     },
-    /// An argument out of its range (a lease under one second, ...).
+    /// An argument out of its range (no steps to claim, a zero lease, ...).
     #[error("{message}")]
     InvalidArgument { message: String },
 }

@@ -20,81 +20,14 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{Error, Refusal, StepReadinessStatus, StepState, TaskState};
 
+mod oracle;
 mod support;
+
+use oracle::{step_move_allowed, task_move_allowed};
 use support::{
     assert_nothing_written, refusal, snapshot, step_row, step_transitions, task_row,
     task_transitions, utc_now,
 };
-
-// The state machines, written out from SPEC.md section 2 (not from the SQL).
-
-/// Allowed step moves: pending → in_progress | error | cancelled |
-/// resolved_manually; in_progress → complete | error | cancelled;
-/// error → pending | resolved_manually. Everything else is refused.
-const STEP_MOVES: &[(StepState, &[StepState])] = &[
-    (
-        StepState::Pending,
-        &[
-            StepState::InProgress,
-            StepState::Error,
-            StepState::Cancelled,
-            StepState::ResolvedManually,
-        ],
-    ),
-    (
-        StepState::InProgress,
-        &[StepState::Complete, StepState::Error, StepState::Cancelled],
-    ),
-    (StepState::Complete, &[]),
-    (
-        StepState::Error,
-        &[StepState::Pending, StepState::ResolvedManually],
-    ),
-    (StepState::Cancelled, &[]),
-    (StepState::ResolvedManually, &[]),
-];
-
-/// Allowed task moves: pending → in_progress | cancelled | error;
-/// in_progress → complete | error | cancelled | pending; error → pending |
-/// resolved_manually; complete → cancelled; resolved_manually → cancelled.
-const TASK_MOVES: &[(TaskState, &[TaskState])] = &[
-    (
-        TaskState::Pending,
-        &[
-            TaskState::InProgress,
-            TaskState::Cancelled,
-            TaskState::Error,
-        ],
-    ),
-    (
-        TaskState::InProgress,
-        &[
-            TaskState::Complete,
-            TaskState::Error,
-            TaskState::Cancelled,
-            TaskState::Pending,
-        ],
-    ),
-    (TaskState::Complete, &[TaskState::Cancelled]),
-    (
-        TaskState::Error,
-        &[TaskState::Pending, TaskState::ResolvedManually],
-    ),
-    (TaskState::Cancelled, &[]),
-    (TaskState::ResolvedManually, &[TaskState::Cancelled]),
-];
-
-fn step_move_allowed(from: StepState, to: StepState) -> bool {
-    STEP_MOVES
-        .iter()
-        .any(|(state, targets)| *state == from && targets.contains(&to))
-}
-
-fn task_move_allowed(from: TaskState, to: TaskState) -> bool {
-    TASK_MOVES
-        .iter()
-        .any(|(state, targets)| *state == from && targets.contains(&to))
-}
 
 /// A legal way from pending (no transition) into `state`.
 fn step_path_to(state: StepState) -> &'static [StepState] {

@@ -49,7 +49,7 @@ use tasker_diesel::{
 mod oracle;
 mod support;
 
-use oracle::{StepInput, TaskInput, World};
+use oracle::{step_move_allowed, task_move_allowed, StepInput, TaskInput, World};
 
 const CASES: u32 = 28;
 const MAX_TASKS: usize = 3;
@@ -65,36 +65,6 @@ const TIME_PASSING: [i32; 3] = [60, 120, 600];
 const RETRY_AFTER_MS: [u64; 5] = [0, 1_500, 5_000, 45_000, 90_000];
 /// How far `ExpireLease` puts a lease's end into the past.
 const EXPIRED_SECONDS_AGO: i64 = 30;
-
-// The state machines of SPEC section 2, written out for the test ---------------------
-
-/// Allowed step moves: pending -> in_progress | error | cancelled |
-/// resolved_manually; in_progress -> complete | error | cancelled; error ->
-/// pending | resolved_manually.
-fn step_move_allowed(from: StepState, to: StepState) -> bool {
-    use StepState::*;
-    matches!(
-        (from, to),
-        (Pending, InProgress | Error | Cancelled | ResolvedManually)
-            | (InProgress, Complete | Error | Cancelled)
-            | (Error, Pending | ResolvedManually)
-    )
-}
-
-/// Allowed task moves: pending -> in_progress | cancelled | error;
-/// in_progress -> complete | error | cancelled | pending; error -> pending |
-/// resolved_manually; complete -> cancelled; resolved_manually -> cancelled.
-fn task_move_allowed(from: TaskState, to: TaskState) -> bool {
-    use TaskState::*;
-    matches!(
-        (from, to),
-        (Pending, InProgress | Cancelled | Error)
-            | (InProgress, Complete | Error | Cancelled | Pending)
-            | (Error, Pending | ResolvedManually)
-            | (Complete, Cancelled)
-            | (ResolvedManually, Cancelled)
-    )
-}
 
 // Generated cases ------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-//! A reference implementation of step readiness and the task execution
-//! context (`SPEC.md` sections 3 and 4), written from the SPEC's text in
-//! plain Rust, to check the SQL functions against.
+//! A reference implementation of the state machines, step readiness and the
+//! task execution context (`SPEC.md` sections 2 to 4), written from the
+//! SPEC's text in plain Rust, to check the SQL functions against.
 //!
 //! It works on plain data: what is stored for each step and task, the edges,
 //! and `now`. It returns the crate's own row types, so whole results can be
@@ -298,4 +298,33 @@ pub fn contexts(world: &World) -> Vec<TaskExecutionContext> {
         .collect();
     contexts.sort_by_key(|context| context.task_id);
     contexts
+}
+
+/// SPEC section 2, the step state machine: pending -> in_progress | error |
+/// cancelled | resolved_manually; in_progress -> complete | error |
+/// cancelled; error -> pending | resolved_manually. Nothing else.
+pub fn step_move_allowed(from: StepState, to: StepState) -> bool {
+    use StepState::*;
+    matches!(
+        (from, to),
+        (Pending, InProgress | Error | Cancelled | ResolvedManually)
+            | (InProgress, Complete | Error | Cancelled)
+            | (Error, Pending | ResolvedManually)
+    )
+}
+
+/// SPEC section 2, the task state machine: pending -> in_progress |
+/// cancelled | error; in_progress -> complete | error | cancelled | pending;
+/// error -> pending | resolved_manually; complete -> cancelled;
+/// resolved_manually -> cancelled. Nothing else.
+pub fn task_move_allowed(from: TaskState, to: TaskState) -> bool {
+    use TaskState::*;
+    matches!(
+        (from, to),
+        (Pending, InProgress | Cancelled | Error)
+            | (InProgress, Complete | Error | Cancelled | Pending)
+            | (Error, Pending | ResolvedManually)
+            | (Complete, Cancelled)
+            | (ResolvedManually, Cancelled)
+    )
 }

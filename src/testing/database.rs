@@ -197,7 +197,7 @@ fn retry_while_in_use(mut statement: impl FnMut() -> diesel::QueryResult<usize>)
 
 /// `url` with its database replaced by `database`. Handles URLs
 /// (`postgres://user@host/db?params`) and key=value connection strings.
-fn url_with_database(url: &str, database: &str) -> String {
+pub fn url_with_database(url: &str, database: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         // In a key=value string the last occurrence of a keyword wins.
         return format!("{url} dbname={database}");

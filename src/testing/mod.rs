@@ -26,7 +26,7 @@ mod database;
 mod server;
 
 pub use cluster::LocalCluster;
-pub use database::TestDatabase;
+pub use database::{url_with_database, TestDatabase};
 pub use server::server_url;
 
 /// A name part unique to this process and call: process id, a counter and

@@ -1,0 +1,183 @@
+//! The benchmark of `BENCHMARKS.md`: generates datasets of 10K to 10M steps,
+//! checks the legacy views against the functions, times workloads W1-W7 and
+//! the legacy views through the crate's public API, and writes a report.
+//!
+//! ```text
+//! cargo bench --bench sweep                       # full sweep: 10K, 100K, 1M, 10M steps
+//! cargo bench --bench sweep -- --quick            # 10K and 100K
+//! cargo bench --bench sweep -- --sizes 1m --reuse # one size, keeping a generated dataset
+//! cargo bench --bench sweep -- generate --steps 1m
+//! ```
+//!
+//! The server is `DATABASE_URL`'s, else 127.0.0.1:5432, else a throwaway
+//! cluster; each size gets a database of its own (`tasker_bench_<size>`).
+
+mod dataset;
+mod legacy;
+mod machine;
+mod report;
+mod stats;
+mod workloads;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tasker_diesel::testing::server_url;
+
+use crate::report::{Report, SizeReport};
+use crate::workloads::Settings;
+
+type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const USAGE: &str = "\
+usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls N]
+                                    [--budget SECONDS] [--reuse] [--out DIR]
+       cargo bench --bench sweep -- generate --steps SIZE [--reuse]
+
+  --quick         10K and 100K steps (a few minutes)
+  --sizes LIST    dataset sizes in steps (default: 10k,100k,1m,10m)
+  --calls N       timed calls per workload after warm-up (default 2000)
+  --budget SECS   stop a workload early once it has run this long (default 120);
+                  the report says how many calls it made
+  --reuse         keep a complete dataset of the same size instead of regenerating
+                  it (W6 and W7 will have moved some of its steps on)
+  --out DIR       report directory (default target/bench-report)";
+
+enum Command {
+    Sweep {
+        sizes: Vec<u64>,
+        mode: &'static str,
+        settings: Settings,
+        reuse: bool,
+        out: PathBuf,
+    },
+    Generate {
+        steps: u64,
+        reuse: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+    let command = match parse(&args) {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("{message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(command, &args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("benchmark failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse(args: &[String]) -> Result<Command, String> {
+    let mut sizes = vec![10_000, 100_000, 1_000_000, 10_000_000];
+    let mut mode = "full";
+    let mut settings = Settings::default();
+    let mut reuse = false;
+    let mut out = PathBuf::from("target/bench-report");
+    let mut generate = false;
+    let mut steps = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
+        match arg.as_str() {
+            "generate" => generate = true,
+            "--quick" => {
+                sizes = vec![10_000, 100_000];
+                mode = "quick";
+            }
+            "--sizes" => {
+                sizes = value()?
+                    .split(',')
+                    .map(|size| dataset::parse_size(size).ok_or_else(|| format!("bad size {size:?}")))
+                    .collect::<Result<_, _>>()?;
+                sizes.sort_unstable();
+                sizes.dedup();
+                mode = "custom";
+            }
+            "--steps" => {
+                let text = value()?;
+                steps = Some(dataset::parse_size(text).ok_or_else(|| format!("bad size {text:?}"))?);
+            }
+            "--calls" => {
+                settings.calls = value()?
+                    .parse()
+                    .ok()
+                    .filter(|&calls| calls > 0)
+                    .ok_or("--calls needs a positive number")?;
+            }
+            "--budget" => {
+                let seconds: u64 = value()?.parse().map_err(|_| "--budget needs seconds")?;
+                settings.budget = Duration::from_secs(seconds);
+            }
+            "--reuse" => reuse = true,
+            "--out" => out = PathBuf::from(value()?),
+            "-h" | "--help" => return Err("the benchmark of BENCHMARKS.md".to_owned()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if generate {
+        let steps = steps.ok_or("generate needs --steps SIZE")?;
+        return Ok(Command::Generate { steps, reuse });
+    }
+    Ok(Command::Sweep {
+        sizes,
+        mode,
+        settings,
+        reuse,
+        out,
+    })
+}
+
+fn run(command: Command, args: &[String]) -> BoxResult<()> {
+    let server = server_url();
+    match command {
+        Command::Generate { steps, reuse } => {
+            let dataset = dataset::prepare(server, steps, reuse)?;
+            println!("{}", serde_json::to_string_pretty(&dataset.stats)?);
+            Ok(())
+        }
+        Command::Sweep {
+            sizes,
+            mode,
+            settings,
+            reuse,
+            out,
+        } => {
+            let mut report = Report {
+                generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                command: format!("cargo bench --bench sweep -- {}", args.join(" ")).trim_end().to_owned(),
+                mode: mode.to_owned(),
+                machine: machine::describe(),
+                postgres_version: String::new(),
+                connection: String::new(),
+                sizes: Vec::new(),
+                notes: Vec::new(),
+            };
+            for steps in sizes {
+                let dataset = dataset::prepare(server, steps, reuse)?;
+                let run = workloads::run(&dataset.url, &settings, steps)?;
+                report.postgres_version = run.postgres_version;
+                report.connection = run.connection;
+                report.notes.extend(run.notes);
+                report.sizes.push(SizeReport {
+                    target_steps: steps,
+                    dataset: dataset.stats,
+                    workloads: run.results,
+                });
+                // Written after every size, so a long sweep leaves its figures
+                // behind even when a later size fails.
+                report::write_report(&out, &report)?;
+                println!("report written to {}", out.display());
+            }
+            Ok(())
+        }
+    }
+}

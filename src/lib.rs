@@ -8,6 +8,7 @@ pub mod migrations;
 pub mod models;
 pub mod pool;
 pub mod readiness;
+pub mod replicas;
 #[rustfmt::skip]
 pub mod schema;
 #[cfg(feature = "testing")]
@@ -23,3 +24,4 @@ pub use readiness::{
     DependencyLevel, StepReadinessQuery, StepReadinessStatus, SystemHealthCounts,
     TaskExecutionContext,
 };
+pub use replicas::{Freshness, RoutedPool};

@@ -20,13 +20,18 @@
 //! Each [`TestDatabase`] is cloned from a template database that is migrated
 //! once per set of migration files and reused across test runs, so a new
 //! database costs one `CREATE DATABASE ... TEMPLATE`, not a migration run.
+//!
+//! For reads routed to standbys ([`crate::replicas`]), [`ReplicatedCluster`]
+//! starts a throwaway primary and a hot standby streaming from it.
 
 mod cluster;
 mod database;
+mod replication;
 mod server;
 
 pub use cluster::LocalCluster;
 pub use database::{url_with_database, TestDatabase};
+pub use replication::ReplicatedCluster;
 pub use server::server_url;
 
 /// A name part unique to this process and call: process id, a counter and

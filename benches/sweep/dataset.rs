@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use diesel::sql_types::{BigInt, Text};
 use diesel::connection::SimpleConnection;
+use diesel::sql_types::{BigInt, Text};
 use diesel::{sql_query, Connection, PgConnection, QueryableByName, RunQueryDsl};
 use indicatif::{ProgressBar, ProgressStyle};
 use tasker_diesel::migrations::run_pending_migrations;
@@ -84,7 +84,10 @@ pub fn prepare(server_url: &str, target_steps: u64, reuse: bool) -> BoxResult<Da
         }
     }
 
-    println!("{label}: generating {groups} groups of 5 tasks ({} steps) into {name}", groups * STEPS_PER_GROUP);
+    println!(
+        "{label}: generating {groups} groups of 5 tasks ({} steps) into {name}",
+        groups * STEPS_PER_GROUP
+    );
     let mut admin = PgConnection::establish(server_url)?;
     sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin)?;
     sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
@@ -111,13 +114,24 @@ pub fn prepare(server_url: &str, target_steps: u64, reuse: bool) -> BoxResult<Da
     })?;
 
     for (phase, fill) in [
-        ("tasks and their transitions", "bench.insert_tasks($1, $2, d.groups, d.started_at)"),
-        ("steps", "bench.insert_steps($1, $2, d.groups, d.started_at)"),
+        (
+            "tasks and their transitions",
+            "bench.insert_tasks($1, $2, d.groups, d.started_at)",
+        ),
+        (
+            "steps",
+            "bench.insert_steps($1, $2, d.groups, d.started_at)",
+        ),
         ("edges", "bench.insert_edges($1, $2)"),
-        ("step transitions", "bench.insert_step_transitions($1, $2, d.groups, d.started_at)"),
+        (
+            "step transitions",
+            "bench.insert_step_transitions($1, $2, d.groups, d.started_at)",
+        ),
     ] {
         let statement = format!("SELECT {fill} FROM bench.dataset AS d");
-        timed(&mut phases, phase, || fill_in_chunks(&mut conn, phase, &statement, groups))?;
+        timed(&mut phases, phase, || {
+            fill_in_chunks(&mut conn, phase, &statement, groups)
+        })?;
     }
 
     timed(&mut phases, "vacuum analyze", || {
@@ -133,9 +147,11 @@ pub fn prepare(server_url: &str, target_steps: u64, reuse: bool) -> BoxResult<Da
     })?;
 
     let phases_json = serde_json::to_string(&phases)?;
-    sql_query("UPDATE bench.dataset SET completed_at = now() AT TIME ZONE 'UTC', phases = $1::jsonb")
-        .bind::<Text, _>(phases_json)
-        .execute(&mut conn)?;
+    sql_query(
+        "UPDATE bench.dataset SET completed_at = now() AT TIME ZONE 'UTC', phases = $1::jsonb",
+    )
+    .bind::<Text, _>(phases_json)
+    .execute(&mut conn)?;
     let stats = measure(&mut conn, phases)?;
     let total: f64 = stats.phases.iter().map(|phase| phase.seconds).sum();
     println!("{label}: generated in {total:.1} s");
@@ -143,10 +159,17 @@ pub fn prepare(server_url: &str, target_steps: u64, reuse: bool) -> BoxResult<Da
 }
 
 /// Runs `statement` (binding the first and last group of a chunk) over all groups.
-fn fill_in_chunks(conn: &mut PgConnection, phase: &str, statement: &str, groups: u64) -> BoxResult<()> {
+fn fill_in_chunks(
+    conn: &mut PgConnection,
+    phase: &str,
+    statement: &str,
+    groups: u64,
+) -> BoxResult<()> {
     let bar = ProgressBar::new(groups).with_style(
-        ProgressStyle::with_template("{msg:>28} [{bar:40}] {pos}/{len} groups, {elapsed}, eta {eta}")?
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg:>28} [{bar:40}] {pos}/{len} groups, {elapsed}, eta {eta}",
+        )?
+        .progress_chars("=> "),
     );
     bar.set_message(phase.to_owned());
     for first in (0..groups).step_by(GROUPS_PER_CHUNK as usize) {
@@ -167,7 +190,11 @@ fn spinner(message: &str) -> ProgressBar {
     spinner
 }
 
-fn timed(phases: &mut Vec<Phase>, name: &str, work: impl FnOnce() -> BoxResult<()>) -> BoxResult<()> {
+fn timed(
+    phases: &mut Vec<Phase>,
+    name: &str,
+    work: impl FnOnce() -> BoxResult<()>,
+) -> BoxResult<()> {
     let started = Instant::now();
     work()?;
     let seconds = started.elapsed().as_secs_f64();

@@ -1,8 +1,8 @@
 //! The legacy baseline (workload L): views that compute readiness and context
 //! for every task, queried with `WHERE task_id = $1` (`legacy_views.sql`).
 
-use diesel::sql_types::BigInt;
 use diesel::connection::SimpleConnection;
+use diesel::sql_types::BigInt;
 use diesel::{sql_query, Connection, PgConnection, QueryResult, RunQueryDsl};
 use tasker_diesel::readiness::{StepReadinessStatus, TaskExecutionContext};
 
@@ -15,7 +15,8 @@ pub const STEP_READINESS: &str =
     "SELECT * FROM bench_legacy_step_readiness WHERE task_id = $1 ORDER BY workflow_step_id";
 
 /// The statement of L-W4: a task's execution context from the legacy view.
-pub const EXECUTION_CONTEXT: &str = "SELECT * FROM bench_legacy_task_execution_context WHERE task_id = $1";
+pub const EXECUTION_CONTEXT: &str =
+    "SELECT * FROM bench_legacy_task_execution_context WHERE task_id = $1";
 
 /// Creates (or replaces) the legacy views.
 pub fn install(conn: &mut PgConnection) -> BoxResult<()> {
@@ -23,12 +24,22 @@ pub fn install(conn: &mut PgConnection) -> BoxResult<()> {
     Ok(())
 }
 
-pub fn step_readiness(conn: &mut PgConnection, task_id: i64) -> QueryResult<Vec<StepReadinessStatus>> {
-    sql_query(STEP_READINESS).bind::<BigInt, _>(task_id).load(conn)
+pub fn step_readiness(
+    conn: &mut PgConnection,
+    task_id: i64,
+) -> QueryResult<Vec<StepReadinessStatus>> {
+    sql_query(STEP_READINESS)
+        .bind::<BigInt, _>(task_id)
+        .load(conn)
 }
 
-pub fn execution_context(conn: &mut PgConnection, task_id: i64) -> QueryResult<Option<TaskExecutionContext>> {
-    let rows: Vec<TaskExecutionContext> = sql_query(EXECUTION_CONTEXT).bind::<BigInt, _>(task_id).load(conn)?;
+pub fn execution_context(
+    conn: &mut PgConnection,
+    task_id: i64,
+) -> QueryResult<Option<TaskExecutionContext>> {
+    let rows: Vec<TaskExecutionContext> = sql_query(EXECUTION_CONTEXT)
+        .bind::<BigInt, _>(task_id)
+        .load(conn)?;
     Ok(rows.into_iter().next())
 }
 

@@ -28,13 +28,13 @@ SELECT
     coalesce(parents.total_parents, 0) = coalesce(parents.completed_parents, 0)
         AS dependencies_satisfied,
     coalesce(ws.attempts, 0) < coalesce(ws.retry_limit, 3)
-        AND ws.retryable AS retry_eligible,
+        AND (ws.retryable OR coalesce(ws.attempts, 0) = 0) AS retry_eligible,
     coalesce(current_state.to_state, 'pending') IN ('pending', 'error')
         AND NOT ws.processed
         AND NOT ws.in_process
         AND coalesce(parents.total_parents, 0) = coalesce(parents.completed_parents, 0)
         AND coalesce(ws.attempts, 0) < coalesce(ws.retry_limit, 3)
-        AND ws.retryable
+        AND (ws.retryable OR coalesce(ws.attempts, 0) = 0)
         AND (
             ws.backoff_request_seconds IS NULL
             OR ws.last_attempted_at IS NULL

@@ -59,7 +59,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| arg != "--bench")
+        .collect();
     let command = match parse(&args) {
         Ok(command) => command,
         Err(message) => {
@@ -96,7 +99,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
             "--sizes" => {
                 sizes = value()?
                     .split(',')
-                    .map(|size| dataset::parse_size(size).ok_or_else(|| format!("bad size {size:?}")))
+                    .map(|size| {
+                        dataset::parse_size(size).ok_or_else(|| format!("bad size {size:?}"))
+                    })
                     .collect::<Result<_, _>>()?;
                 sizes.sort_unstable();
                 sizes.dedup();
@@ -104,7 +109,8 @@ fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--steps" => {
                 let text = value()?;
-                steps = Some(dataset::parse_size(text).ok_or_else(|| format!("bad size {text:?}"))?);
+                steps =
+                    Some(dataset::parse_size(text).ok_or_else(|| format!("bad size {text:?}"))?);
             }
             "--calls" => {
                 settings.calls = value()?
@@ -153,7 +159,9 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
         } => {
             let mut report = Report {
                 generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                command: format!("cargo bench --bench sweep -- {}", args.join(" ")).trim_end().to_owned(),
+                command: format!("cargo bench --bench sweep -- {}", args.join(" "))
+                    .trim_end()
+                    .to_owned(),
                 mode: mode.to_owned(),
                 machine: machine::describe(),
                 postgres_version: String::new(),

@@ -23,7 +23,9 @@ impl Latencies {
         let mut sorted = self.samples.clone();
         sorted.sort_unstable();
         let last = sorted.len().checked_sub(1)?;
-        let rank = ((q * sorted.len() as f64).ceil() as usize).saturating_sub(1).min(last);
+        let rank = ((q * sorted.len() as f64).ceil() as usize)
+            .saturating_sub(1)
+            .min(last);
         Some(millis(sorted[rank]))
     }
 

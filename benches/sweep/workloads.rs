@@ -75,7 +75,9 @@ const LEGACY_MIN_CALLS: usize = 5;
 /// writes (W6, W7), which move some of its steps on.
 pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeRun> {
     let size = size_label(target_steps);
-    let pool = pool_builder().max_size(settings.workers as u32 + 1).build(ConnectionManager::new(url))?;
+    let pool = pool_builder()
+        .max_size(settings.workers as u32 + 1)
+        .build(ConnectionManager::new(url))?;
     let mut conn = pool.get()?;
     legacy::install(&mut conn)?;
     let inputs = Inputs::load(&mut conn)?;
@@ -84,7 +86,10 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
     let mut notes = Vec::new();
 
     let sample = inputs.agreement_sample(&mut rng, if target_steps >= 10_000_000 { 4 } else { 10 });
-    println!("{size}: checking the legacy views against the functions on {} tasks", sample.len());
+    println!(
+        "{size}: checking the legacy views against the functions on {} tasks",
+        sample.len()
+    );
     legacy::check_agreement(&mut conn, &sample)?;
 
     let batch = settings.batch_tasks.min(inputs.active_tasks.len());
@@ -111,12 +116,20 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
         settings.calls,
         |rng| rng.sample(&inputs.active_tasks, batch),
         |conn, tasks| StepReadinessStatus::for_tasks(&tasks).load(conn).map(drop),
-        |tasks| format!("SELECT * FROM get_step_readiness_status_batch({})", array(tasks)),
+        |tasks| {
+            format!(
+                "SELECT * FROM get_step_readiness_status_batch({})",
+                array(tasks)
+            )
+        },
         &mut rng,
     )?;
     workload.time(
         "W3",
-        format!("get_step_readiness_status(step_ids): {} random steps of active tasks", settings.step_ids),
+        format!(
+            "get_step_readiness_status(step_ids): {} random steps of active tasks",
+            settings.step_ids
+        ),
         settings.calls,
         |rng| rng.sample(&inputs.active_steps, settings.step_ids),
         |conn, steps| StepReadinessStatus::for_steps(&steps).load(conn).map(drop),
@@ -138,7 +151,12 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
         settings.calls,
         |rng| rng.sample(&inputs.active_tasks, batch),
         |conn, tasks| TaskExecutionContext::find_many(conn, &tasks).map(drop),
-        |tasks| format!("SELECT * FROM get_task_execution_contexts_batch({})", array(tasks)),
+        |tasks| {
+            format!(
+                "SELECT * FROM get_task_execution_contexts_batch({})",
+                array(tasks)
+            )
+        },
         &mut rng,
     )?;
     workload.time(
@@ -160,7 +178,6 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
         &mut rng,
     )?;
     workload.transitions(&inputs, &mut rng)?;
-    drop(workload);
 
     let (postgres_version, connection) = describe_server(&mut conn, settings)?;
     drop(conn);
@@ -194,7 +211,11 @@ struct Id {
 impl Inputs {
     fn load(conn: &mut PgConnection) -> BoxResult<Self> {
         let ids = |conn: &mut PgConnection, sql: &str| -> BoxResult<Vec<i64>> {
-            Ok(sql_query(sql).load::<Id>(conn)?.into_iter().map(|row| row.id).collect())
+            Ok(sql_query(sql)
+                .load::<Id>(conn)?
+                .into_iter()
+                .map(|row| row.id)
+                .collect())
         };
         let inputs = Inputs {
             active_layered: ids(
@@ -272,7 +293,11 @@ impl<'a> Workload<'a> {
         rng: &mut Rng,
     ) -> BoxResult<()> {
         let settings = self.settings;
-        let warmup = if min_calls < settings.calls { 1 } else { settings.warmup };
+        let warmup = if min_calls < settings.calls {
+            1
+        } else {
+            settings.warmup
+        };
         print!("{}: {id} ", self.size);
         for _ in 0..warmup {
             call(self.conn, draw(rng))?;
@@ -296,7 +321,11 @@ impl<'a> Workload<'a> {
                 settings.budget.as_secs()
             ));
         }
-        let samples = if min_calls < settings.calls { 1 } else { settings.explain_samples };
+        let samples = if min_calls < settings.calls {
+            1
+        } else {
+            settings.explain_samples
+        };
         let statements: Vec<String> = (0..samples).map(|_| explain(&draw(rng))).collect();
         let buffers = explain_buffers(self.conn, &statements)?;
         self.record(id, description, &latencies, Some(buffers));
@@ -323,7 +352,9 @@ impl<'a> Workload<'a> {
         let explain: Vec<String> = steps
             .iter()
             .take(self.settings.explain_samples)
-            .map(|(id, _)| format!("SELECT * FROM transition_workflow_step({id}, 'in_progress', NULL, NULL)"))
+            .map(|(id, _)| {
+                format!("SELECT * FROM transition_workflow_step({id}, 'in_progress', NULL, NULL)")
+            })
             .collect();
         let buffers = explain_buffers_rolled_back(self.conn, &explain)?;
 
@@ -339,7 +370,12 @@ impl<'a> Workload<'a> {
         for call in 0..total {
             let (id, state) = &mut steps[call % count];
             let clock = Instant::now();
-            transition_workflow_step(self.conn, *id, next(*state), TransitionOptions::expecting(*state))?;
+            transition_workflow_step(
+                self.conn,
+                *id,
+                next(*state),
+                TransitionOptions::expecting(*state),
+            )?;
             if call >= self.settings.warmup {
                 latencies.push(clock.elapsed());
             }
@@ -347,7 +383,12 @@ impl<'a> Workload<'a> {
         }
         for (id, state) in &mut steps {
             while *state != StepState::Pending {
-                transition_workflow_step(self.conn, *id, next(*state), TransitionOptions::expecting(*state))?;
+                transition_workflow_step(
+                    self.conn,
+                    *id,
+                    next(*state),
+                    TransitionOptions::expecting(*state),
+                )?;
                 *state = next(*state);
             }
         }
@@ -364,7 +405,13 @@ impl<'a> Workload<'a> {
         Ok(())
     }
 
-    fn record(&mut self, id: &str, description: String, latencies: &Latencies, buffers: Option<f64>) {
+    fn record(
+        &mut self,
+        id: &str,
+        description: String,
+        latencies: &Latencies,
+        buffers: Option<f64>,
+    ) {
         let result = WorkloadResult {
             id: id.to_owned(),
             description,
@@ -430,7 +477,11 @@ fn throughput(pool: &PgPool, settings: &Settings, size: &str) -> BoxResult<Workl
     let distinct: HashSet<i64> = completed.iter().copied().collect();
     let duplicates = (completed.len() - distinct.len()) as u64;
     let steps_per_second = completed.len() as f64 / elapsed.as_secs_f64().max(f64::EPSILON);
-    println!("{} steps in {:.1} s: {steps_per_second:.0} steps/s, {duplicates} duplicates", completed.len(), elapsed.as_secs_f64());
+    println!(
+        "{} steps in {:.1} s: {steps_per_second:.0} steps/s, {duplicates} duplicates",
+        completed.len(),
+        elapsed.as_secs_f64()
+    );
     Ok(WorkloadResult {
         id: "W7".to_owned(),
         description: format!(
@@ -463,7 +514,10 @@ struct Plan {
 fn explain_buffers(conn: &mut PgConnection, statements: &[String]) -> BoxResult<f64> {
     let mut total = 0.0;
     for statement in statements {
-        let plan: Plan = sql_query(format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}")).get_result(conn)?;
+        let plan: Plan = sql_query(format!(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {statement}"
+        ))
+        .get_result(conn)?;
         let top = &plan.plan[0]["Plan"];
         let blocks = |key: &str| top[key].as_f64().unwrap_or(0.0);
         total += blocks("Shared Hit Blocks") + blocks("Shared Read Blocks");
@@ -475,9 +529,8 @@ fn explain_buffers(conn: &mut PgConnection, statements: &[String]) -> BoxResult<
 fn explain_buffers_rolled_back(conn: &mut PgConnection, statements: &[String]) -> BoxResult<f64> {
     let mut buffers = 0.0;
     let outcome = conn.transaction::<(), diesel::result::Error, _>(|conn| {
-        buffers = explain_buffers(conn, statements).map_err(|error| {
-            diesel::result::Error::QueryBuilderError(error.to_string().into())
-        })?;
+        buffers = explain_buffers(conn, statements)
+            .map_err(|error| diesel::result::Error::QueryBuilderError(error.to_string().into()))?;
         Err(diesel::result::Error::RollbackTransaction)
     });
     match outcome {

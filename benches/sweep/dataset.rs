@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tasker_diesel::migrations::run_pending_migrations;
 use tasker_diesel::testing::url_with_database;
 
-use crate::report::{DatasetStats, Phase};
+use crate::report::{size_label, DatasetStats, Phase};
 use crate::BoxResult;
 
 const GENERATOR_SQL: &str = include_str!("dataset.sql");
@@ -34,16 +34,7 @@ pub struct Dataset {
 
 /// The database that holds the dataset of `target_steps` steps, named for its size.
 pub fn database_name(target_steps: u64) -> String {
-    format!("tasker_bench_{}", size_label(target_steps).to_lowercase())
-}
-
-/// `10K`, `1M`, ...: the size as the command line and the report write it.
-pub fn size_label(steps: u64) -> String {
-    match steps {
-        s if s >= 1_000_000 && s % 1_000_000 == 0 => format!("{}M", s / 1_000_000),
-        s if s >= 1_000 && s % 1_000 == 0 => format!("{}K", s / 1_000),
-        s => s.to_string(),
-    }
+    format!("tasker_bench_{target_steps}")
 }
 
 /// Parses `10k`, `100K`, `1m`, `10M` or a plain number of steps.

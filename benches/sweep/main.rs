@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The server is `DATABASE_URL`'s, else 127.0.0.1:5432, else a throwaway
-//! cluster; each size gets a database of its own (`tasker_bench_<size>`).
+//! cluster; each size gets a database of its own (`tasker_bench_<steps>`).
 
 mod dataset;
 mod legacy;
@@ -35,7 +35,7 @@ usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls
                                     [--budget SECONDS] [--reuse] [--out DIR]
        cargo bench --bench sweep -- generate --steps SIZE [--reuse]
 
-  --quick         10K and 100K steps (a few minutes)
+  --quick         10K and 100K steps, with a 30 s budget (about 4 minutes)
   --sizes LIST    dataset sizes in steps (default: 10k,100k,1m,10m)
   --calls N       timed calls per workload after warm-up (default 2000)
   --budget SECS   stop a workload early once it has run this long (default 120);
@@ -43,6 +43,9 @@ usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls
   --reuse         keep a complete dataset of the same size instead of regenerating
                   it (W6 and W7 will have moved some of its steps on)
   --out DIR       report directory (default target/bench-report)";
+
+/// The workload budget of `--quick`, so that it takes minutes.
+const QUICK_BUDGET: Duration = Duration::from_secs(30);
 
 enum Command {
     Sweep {
@@ -87,6 +90,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut out = PathBuf::from("target/bench-report");
     let mut generate = false;
     let mut steps = None;
+    let mut budget = None;
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
@@ -121,7 +125,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--budget" => {
                 let seconds: u64 = value()?.parse().map_err(|_| "--budget needs seconds")?;
-                settings.budget = Duration::from_secs(seconds);
+                budget = Some(Duration::from_secs(seconds));
             }
             "--reuse" => reuse = true,
             "--out" => out = PathBuf::from(value()?),
@@ -133,6 +137,10 @@ fn parse(args: &[String]) -> Result<Command, String> {
         let steps = steps.ok_or("generate needs --steps SIZE")?;
         return Ok(Command::Generate { steps, reuse });
     }
+    settings.budget = budget.unwrap_or(match mode {
+        "quick" => QUICK_BUDGET,
+        _ => settings.budget,
+    });
     Ok(Command::Sweep {
         sizes,
         mode,

@@ -712,7 +712,7 @@ fn distinct<'a>(items: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
 // ---------------------------------------------------------------------------------------------
 
 /// A size in steps as people say it: 10K, 100K, 1M, 2.5M; odd sizes in full.
-fn size_label(steps: u64) -> String {
+pub fn size_label(steps: u64) -> String {
     let (unit, suffix) = match steps {
         s if s >= 1_000_000 && s % 100_000 == 0 => (1_000_000, "M"),
         s if s >= 1_000 && s % 100 == 0 => (1_000, "K"),

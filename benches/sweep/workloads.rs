@@ -2,6 +2,7 @@
 //! on pooled connections, with buffers per call from `EXPLAIN`.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,8 @@ use tasker_diesel::workflow::{
     claim_ready_steps, complete_step, transition_workflow_step, ClaimRequest, TransitionOptions,
 };
 
-use crate::dataset::size_label;
 use crate::legacy;
-use crate::report::WorkloadResult;
+use crate::report::{size_label, WorkloadResult};
 use crate::stats::{Latencies, Rng};
 use crate::BoxResult;
 
@@ -68,8 +68,37 @@ pub struct SizeRun {
     pub notes: Vec<String>,
 }
 
-/// Legacy calls that are this slow get a few timed calls, not thousands.
-const LEGACY_MIN_CALLS: usize = 5;
+/// Whose statement a workload times: the crate's functions, or the legacy
+/// views, whose calls take seconds at large sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Function,
+    Legacy,
+}
+
+impl Kind {
+    /// Timed calls made even past the budget.
+    fn min_calls(self) -> usize {
+        match self {
+            Kind::Function => 200,
+            Kind::Legacy => 5,
+        }
+    }
+
+    fn warmup(self, settings: &Settings) -> usize {
+        match self {
+            Kind::Function => settings.warmup,
+            Kind::Legacy => 1,
+        }
+    }
+
+    fn explain_samples(self, settings: &Settings) -> usize {
+        match self {
+            Kind::Function => settings.explain_samples,
+            Kind::Legacy => 1,
+        }
+    }
+}
 
 /// Runs every workload against the dataset at `url`: reads first, then the
 /// writes (W6, W7), which move some of its steps on.
@@ -104,7 +133,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
     workload.time(
         "W1",
         "get_step_readiness_status(task_id): a random active 100-step task per call".to_owned(),
-        settings.calls,
+        Kind::Function,
         |rng| rng.pick(&inputs.active_layered),
         |conn, task| StepReadinessStatus::for_task(task).load(conn).map(drop),
         |task| format!("SELECT * FROM get_step_readiness_status({task})"),
@@ -113,7 +142,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
     workload.time(
         "W2",
         format!("get_step_readiness_status_batch: {batch} random active tasks per call"),
-        settings.calls,
+        Kind::Function,
         |rng| rng.sample(&inputs.active_tasks, batch),
         |conn, tasks| StepReadinessStatus::for_tasks(&tasks).load(conn).map(drop),
         |tasks| {
@@ -130,7 +159,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
             "get_step_readiness_status(step_ids): {} random steps of active tasks",
             settings.step_ids
         ),
-        settings.calls,
+        Kind::Function,
         |rng| rng.sample(&inputs.active_steps, settings.step_ids),
         |conn, steps| StepReadinessStatus::for_steps(&steps).load(conn).map(drop),
         |steps| format!("SELECT * FROM get_step_readiness_status({})", array(steps)),
@@ -139,7 +168,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
     workload.time(
         "W4",
         "get_task_execution_context: a random active 100-step task per call".to_owned(),
-        settings.calls,
+        Kind::Function,
         |rng| rng.pick(&inputs.active_layered),
         |conn, task| TaskExecutionContext::find(conn, task).map(drop),
         |task| format!("SELECT * FROM get_task_execution_context({task})"),
@@ -148,7 +177,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
     workload.time(
         "W5",
         format!("get_task_execution_contexts_batch: {batch} random active tasks per call"),
-        settings.calls,
+        Kind::Function,
         |rng| rng.sample(&inputs.active_tasks, batch),
         |conn, tasks| TaskExecutionContext::find_many(conn, &tasks).map(drop),
         |tasks| {
@@ -162,7 +191,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
     workload.time(
         "L-W1",
         "legacy view: step readiness WHERE task_id = $1 (as W1)".to_owned(),
-        LEGACY_MIN_CALLS,
+        Kind::Legacy,
         |rng| rng.pick(&inputs.active_layered),
         |conn, task| legacy::step_readiness(conn, task).map(drop),
         |task| legacy::STEP_READINESS.replace("$1", &task.to_string()),
@@ -171,7 +200,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
     workload.time(
         "L-W4",
         "legacy view: execution context WHERE task_id = $1 (as W4)".to_owned(),
-        LEGACY_MIN_CALLS,
+        Kind::Legacy,
         |rng| rng.pick(&inputs.active_layered),
         |conn, task| legacy::execution_context(conn, task).map(drop),
         |task| legacy::EXECUTION_CONTEXT.replace("$1", &task.to_string()),
@@ -277,8 +306,8 @@ impl<'a> Workload<'a> {
         }
     }
 
-    /// Warms up, then times up to `settings.calls` calls (at least
-    /// `min_calls`, more until the budget runs out), each on an input drawn
+    /// Warms up, then times up to `settings.calls` calls (at least the
+    /// kind's minimum, more until the budget runs out), each on an input drawn
     /// before its clock starts; then `EXPLAIN (ANALYZE, BUFFERS)` of the same
     /// statement on a few inputs.
     #[allow(clippy::too_many_arguments)]
@@ -286,19 +315,17 @@ impl<'a> Workload<'a> {
         &mut self,
         id: &str,
         description: String,
-        min_calls: usize,
+        kind: Kind,
         mut draw: impl FnMut(&mut Rng) -> I,
         mut call: impl FnMut(&mut PgConnection, I) -> diesel::QueryResult<()>,
         explain: impl Fn(&I) -> String,
         rng: &mut Rng,
     ) -> BoxResult<()> {
         let settings = self.settings;
-        let warmup = if min_calls < settings.calls {
-            1
-        } else {
-            settings.warmup
-        };
+        let min_calls = kind.min_calls().min(settings.calls);
+        let warmup = kind.warmup(settings);
         print!("{}: {id} ", self.size);
+        std::io::stdout().flush()?;
         for _ in 0..warmup {
             call(self.conn, draw(rng))?;
         }
@@ -321,11 +348,7 @@ impl<'a> Workload<'a> {
                 settings.budget.as_secs()
             ));
         }
-        let samples = if min_calls < settings.calls {
-            1
-        } else {
-            settings.explain_samples
-        };
+        let samples = kind.explain_samples(settings);
         let statements: Vec<String> = (0..samples).map(|_| explain(&draw(rng))).collect();
         let buffers = explain_buffers(self.conn, &statements)?;
         self.record(id, description, &latencies, Some(buffers));

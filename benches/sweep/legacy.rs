@@ -1,6 +1,8 @@
 //! The legacy baseline (workload L): views that compute readiness and context
 //! for every task, queried with `WHERE task_id = $1` (`legacy_views.sql`).
 
+use std::fmt::Debug;
+
 use diesel::connection::SimpleConnection;
 use diesel::sql_types::BigInt;
 use diesel::{sql_query, Connection, PgConnection, QueryResult, RunQueryDsl};
@@ -48,26 +50,29 @@ pub fn execution_context(
 pub fn check_agreement(conn: &mut PgConnection, task_ids: &[i64]) -> BoxResult<()> {
     for &task_id in task_ids {
         conn.transaction(|conn| -> BoxResult<()> {
-            let functions = StepReadinessStatus::for_task(task_id).load(conn)?;
-            let views = step_readiness(conn, task_id)?;
-            if functions != views {
-                return Err(format!(
-                    "task {task_id}: the legacy readiness view disagrees with \
-                     get_step_readiness_status:\n  functions: {functions:?}\n  view: {views:?}"
-                )
-                .into());
-            }
-            let function_context = TaskExecutionContext::find(conn, task_id)?;
-            let view_context = execution_context(conn, task_id)?;
-            if function_context != view_context {
-                return Err(format!(
-                    "task {task_id}: the legacy context view disagrees with \
-                     get_task_execution_context:\n  function: {function_context:?}\n  view: {view_context:?}"
-                )
-                .into());
-            }
-            Ok(())
+            same(
+                task_id,
+                "get_step_readiness_status",
+                StepReadinessStatus::for_task(task_id).load(conn)?,
+                step_readiness(conn, task_id)?,
+            )?;
+            same(
+                task_id,
+                "get_task_execution_context",
+                TaskExecutionContext::find(conn, task_id)?,
+                execution_context(conn, task_id)?,
+            )
         })?;
     }
     Ok(())
+}
+
+fn same<T: PartialEq + Debug>(task_id: i64, function: &str, expected: T, view: T) -> BoxResult<()> {
+    if expected == view {
+        return Ok(());
+    }
+    Err(format!(
+        "task {task_id}: the legacy view disagrees with {function}:\n  function: {expected:?}\n  view: {view:?}"
+    )
+    .into())
 }

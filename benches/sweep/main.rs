@@ -167,9 +167,10 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
         } => {
             let mut report = Report {
                 generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                command: format!("cargo bench --bench sweep -- {}", args.join(" "))
-                    .trim_end()
-                    .to_owned(),
+                command: match args {
+                    [] => "cargo bench --bench sweep".to_owned(),
+                    args => format!("cargo bench --bench sweep -- {}", args.join(" ")),
+                },
                 mode: mode.to_owned(),
                 machine: machine::describe(),
                 postgres_version: String::new(),

@@ -5,21 +5,17 @@
 //!
 //! For random tasks (random DAGs, histories, attempts, retry limits, backoff,
 //! times on either side of the backoff gates, session time zones far from
-//! UTC), `SELECT * FROM <view> WHERE task_id = $1` must give the same rows as
+//! UTC, generic and custom plans; `tests/histories`),
+//! `SELECT * FROM <view> WHERE task_id = $1` must give the same rows as
 //! `get_step_readiness_status($1)` and `get_task_execution_context($1)`, both
 //! as the crate's row types and as PostgreSQL's text of each row (which also
 //! sees numeric scale). Fixed cases cover rules a random case could miss.
-
-use std::cell::{Cell, RefCell};
-use std::fmt::{self, Write as _};
 
 use chrono::{Duration, NaiveDateTime};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
-use proptest::prelude::*;
-use proptest::test_runner::{TestCaseError, TestRunner};
-use serde::Serialize;
+use proptest::test_runner::TestCaseError;
 use tasker_diesel::schema::tasker_workflow_steps;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::{
@@ -27,12 +23,15 @@ use tasker_diesel::{
     TaskExecutionContext, TaskState,
 };
 
+mod histories;
+mod oracle;
 mod support;
+
+use histories::{build, compare, failure, run_property, Case, Labels, Session, TIME_ZONES};
 
 const LEGACY_VIEWS: &str = include_str!("../benches/sweep/legacy_views.sql");
 
 const CASES: u32 = 96;
-const MAX_TASKS: usize = 3;
 const MAX_STEPS: usize = 10;
 
 const VIEW_READINESS: &str =
@@ -93,343 +92,77 @@ fn answers(conn: &mut PgConnection, task_id: i64) -> Answers {
     }
 }
 
-/// A timestamp as text, with its distance from `now`.
-fn show(value: &serde_json::Value, now: NaiveDateTime) -> String {
-    if let Some(text) = value.as_str() {
-        if let Ok(at) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f") {
-            let micros = (at - now).num_microseconds().unwrap_or(i64::MAX);
-            return format!("{text} (now{:+}s)", micros as f64 / 1e6);
-        }
-    }
-    value.to_string()
-}
-
-/// Appends to `out` how `view` differs from `function`, field by field.
-fn diff_rows<T: Serialize + fmt::Debug + PartialEq>(
-    out: &mut String,
-    what: &str,
-    view: &[T],
-    function: &[T],
-    now: NaiveDateTime,
-) {
-    if view == function {
-        return;
-    }
-    let _ = writeln!(
-        out,
-        "  {what}: the view gives {} rows, the function {}",
-        view.len(),
-        function.len()
-    );
-    for (index, (got, want)) in view.iter().zip(function).enumerate() {
-        if got == want {
-            continue;
-        }
-        let got = serde_json::to_value(got).expect("row as JSON");
-        let want = serde_json::to_value(want).expect("row as JSON");
-        let (Some(got), Some(want)) = (got.as_object(), want.as_object()) else {
-            continue;
-        };
-        for (field, want_value) in want {
-            if &got[field] != want_value {
-                let _ = writeln!(
-                    out,
-                    "    row {index}: {field}: view {}, function {}",
-                    show(&got[field], now),
-                    show(want_value, now)
-                );
-            }
-        }
-        let fields: Vec<String> = want
-            .iter()
-            .map(|(field, value)| format!("{field}: {}", show(value, now)))
-            .collect();
-        let _ = writeln!(out, "    function row {index}: {{ {} }}", fields.join(", "));
-    }
-}
-
 /// `None` when the views answer like the functions for `task_id`, else a
 /// description of the differences.
-fn disagreement(conn: &mut PgConnection, task_id: i64, now: NaiveDateTime) -> Option<String> {
+fn disagreement(
+    conn: &mut PgConnection,
+    task_id: i64,
+    labels: &Labels,
+    now: NaiveDateTime,
+) -> Option<String> {
     let answers = answers(conn, task_id);
-    let mut out = String::new();
-    diff_rows(
-        &mut out,
-        "readiness",
-        &answers.view_readiness,
-        &answers.function_readiness,
-        now,
-    );
-    diff_rows(
-        &mut out,
-        "execution context",
-        &answers.view_context,
-        &answers.function_context,
-        now,
-    );
-    if out.is_empty() && answers.view_text != answers.function_text {
-        let _ = writeln!(
-            out,
-            "  rows as text differ:\n    view     {:?}\n    function {:?}",
+    let sides = ["view", "function"];
+    let mut problems: Vec<String> = [
+        compare(
+            "readiness",
+            sides,
+            labels,
+            now,
+            &answers.view_readiness,
+            &answers.function_readiness,
+        )
+        .err(),
+        compare(
+            "execution context",
+            sides,
+            labels,
+            now,
+            &answers.view_context,
+            &answers.function_context,
+        )
+        .err(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if problems.is_empty() && answers.view_text != answers.function_text {
+        problems.push(format!(
+            "rows as text differ:\n  view     {:?}\n  function {:?}\n",
             answers.view_text, answers.function_text
-        );
+        ));
     }
-    (!out.is_empty()).then(|| format!("task #{task_id}:\n{out}"))
+    let task = labels
+        .tasks
+        .get(&task_id)
+        .cloned()
+        .unwrap_or_else(|| format!("#{task_id}"));
+    (!problems.is_empty()).then(|| format!("task {task}:\n{}", problems.join("")))
 }
 
 // Random cases --------------------------------------------------------------------
 
-/// A point in time, relative to the case's `now`.
-#[derive(Clone, Copy, Debug)]
-enum At {
-    /// `now` plus this many seconds.
-    Offset(i64),
-    /// This many microseconds after the time that puts the gate it is used
-    /// for exactly at `now`.
-    Gate(i64),
-}
-
-#[derive(Clone, Debug)]
-struct StepSpec {
-    retryable: bool,
-    retry_limit: Option<i32>,
-    attempts: Option<i32>,
-    processed: bool,
-    in_process: bool,
-    backoff_request_seconds: Option<i32>,
-    last_attempted: Option<At>,
-    /// Transitions, oldest first; the last is current.
-    history: Vec<(StepState, At)>,
-}
-
-#[derive(Clone, Debug)]
-struct TaskSpec {
-    steps: Vec<StepSpec>,
-    /// `(parent, child)` step indexes with parent < child: acyclic.
-    edges: Vec<(usize, usize)>,
-    history: Vec<TaskState>,
-}
-
-fn at() -> impl Strategy<Value = At> {
-    prop_oneof![
-        3 => (-70i64..=10).prop_map(At::Offset),
-        2 => prop::sample::select(vec![-1_000_000i64, -1, 0, 1, 1_000_000]).prop_map(At::Gate),
-    ]
-}
-
-fn step_state() -> impl Strategy<Value = StepState> {
-    prop_oneof![
-        3 => Just(StepState::Pending),
-        1 => Just(StepState::InProgress),
-        3 => Just(StepState::Complete),
-        3 => Just(StepState::Error),
-        1 => Just(StepState::Cancelled),
-        2 => Just(StepState::ResolvedManually),
-    ]
-}
-
-fn step_spec() -> impl Strategy<Value = StepSpec> {
-    (
-        (
-            prop::bool::weighted(0.8),
-            prop::option::weighted(0.8, 0i32..=5),
-            prop::option::weighted(0.85, prop_oneof![3 => 0i32..=2, 1 => 3i32..=8]),
-            prop::bool::weighted(0.15),
-            prop::bool::weighted(0.15),
-        ),
-        prop::option::weighted(0.6, 0i32..=40),
-        prop::option::weighted(0.7, at()),
-        prop::collection::vec((step_state(), at()), 0..=3),
-    )
-        .prop_map(
-            |(
-                (retryable, retry_limit, attempts, processed, in_process),
-                backoff_request_seconds,
-                last_attempted,
-                history,
-            )| StepSpec {
-                retryable,
-                retry_limit,
-                attempts,
-                processed,
-                in_process,
-                backoff_request_seconds,
-                last_attempted,
-                history,
-            },
-        )
-}
-
-fn task_spec() -> impl Strategy<Value = TaskSpec> {
-    // Some tasks have no step at all.
-    (
-        prop_oneof![1 => Just(0usize), 9 => 1..=MAX_STEPS],
-        0.0..=1.0f64,
-    )
-        .prop_flat_map(|(step_count, density)| {
-            (
-                prop::collection::vec(step_spec(), step_count),
-                prop::collection::vec(
-                    prop::bool::weighted(density),
-                    step_count * step_count.saturating_sub(1) / 2,
-                ),
-                prop::collection::vec(prop::sample::select(TaskState::ALL.to_vec()), 0..=2),
-            )
-        })
-        .prop_map(|(steps, edge_flags, history)| {
-            let pairs = (0..steps.len())
-                .flat_map(|parent| (parent + 1..steps.len()).map(move |child| (parent, child)));
-            let edges = pairs
-                .zip(edge_flags)
-                .filter_map(|(pair, present)| present.then_some(pair))
-                .collect();
-            TaskSpec {
-                steps,
-                edges,
-                history,
-            }
-        })
-}
-
-fn case() -> impl Strategy<Value = Vec<TaskSpec>> {
-    prop::collection::vec(task_spec(), 1..=MAX_TASKS)
-}
-
-/// Writes the tasks of a case and returns their ids.
-fn build(conn: &mut PgConnection, tasks: &[TaskSpec], now: NaiveDateTime) -> Vec<i64> {
-    use tasker_workflow_steps::dsl as ws;
-    let mut task_ids = Vec::new();
-    for task in tasks {
-        let fixture = support::task_with_steps(conn, task.steps.len());
-        for (spec, step) in task.steps.iter().zip(&fixture.steps) {
-            let id = step.workflow_step_id;
-            let last_attempted_at = spec.last_attempted.map(|at| match at {
-                At::Offset(seconds) => now + Duration::seconds(seconds),
-                At::Gate(micros) => {
-                    now - Duration::seconds(i64::from(spec.backoff_request_seconds.unwrap_or(0)))
-                        + Duration::microseconds(micros)
-                }
-            });
-            diesel::update(ws::tasker_workflow_steps.filter(ws::workflow_step_id.eq(id)))
-                .set((
-                    ws::retryable.eq(spec.retryable),
-                    ws::retry_limit.eq(spec.retry_limit),
-                    ws::attempts.eq(spec.attempts),
-                    ws::processed.eq(spec.processed),
-                    ws::in_process.eq(spec.in_process),
-                    ws::backoff_request_seconds.eq(spec.backoff_request_seconds),
-                    ws::last_attempted_at.eq(last_attempted_at),
-                ))
-                .execute(conn)
-                .expect("update step");
-            for &(state, at) in &spec.history {
-                let created_at = match at {
-                    At::Offset(seconds) => now + Duration::seconds(seconds),
-                    At::Gate(micros) => {
-                        let exponent = spec.attempts.unwrap_or(1).min(5);
-                        now - Duration::seconds((1i64 << exponent).min(30))
-                            + Duration::microseconds(micros)
-                    }
-                };
-                support::transition_step(conn, id, state);
-                support::current_transition_at(conn, id, created_at);
-            }
-        }
-        for &(parent, child) in &task.edges {
-            let (from, to) = (&fixture.steps[parent], &fixture.steps[child]);
-            support::add_edge(conn, from.workflow_step_id, to.workflow_step_id).expect("edge");
-        }
-        for &state in &task.history {
-            support::transition_task(conn, fixture.task.task_id, state);
-        }
-        task_ids.push(fixture.task.task_id);
-    }
-    task_ids
-}
-
-/// A test database with the legacy views, and one connection kept from case
-/// to case (a case that panics drops it; the next one opens another).
-struct Session {
-    db: TestDatabase,
-    conn: RefCell<Option<PgConnection>>,
-    cases: Cell<usize>,
-}
-
-impl Session {
-    fn new() -> Self {
-        let db = legacy_database();
-        Session {
-            conn: RefCell::new(Some(db.connection())),
-            db,
-            cases: Cell::new(0),
-        }
-    }
-
-    /// Runs `body` in a transaction that is rolled back, with the session's
-    /// time zone taking turns among zones far from UTC.
-    fn rolled_back<T>(&self, body: impl FnOnce(&mut PgConnection) -> T) -> T {
-        let mut conn = self.conn.take().unwrap_or_else(|| self.db.connection());
-        let case = self.cases.get();
-        self.cases.set(case + 1);
-        let zone = TIME_ZONES[case % TIME_ZONES.len()];
-        let mut output = None;
-        let outcome = conn.transaction::<(), diesel::result::Error, _>(|conn| {
-            diesel::sql_query(format!("SET LOCAL TimeZone = '{zone}'")).execute(conn)?;
-            output = Some(body(conn));
-            Err(diesel::result::Error::RollbackTransaction)
-        });
-        assert!(
-            matches!(outcome, Err(diesel::result::Error::RollbackTransaction)),
-            "rollback: {outcome:?}"
-        );
-        self.conn.replace(Some(conn));
-        output.expect("the transaction ran")
-    }
-}
-
-const TIME_ZONES: [&str; 4] = [
-    "UTC",
-    "America/Los_Angeles",
-    "Pacific/Kiritimati",
-    "Asia/Kolkata",
-];
-
-fn check_case(session: &Session, tasks: &[TaskSpec]) -> Result<(), TestCaseError> {
+/// The views and the functions agree on every task of the case and on a task
+/// that does not exist.
+fn check_case(session: &Session, case: &Case) -> Result<(), TestCaseError> {
     session.rolled_back(|conn| {
-        let now = support::utc_now(conn);
-        let task_ids = build(conn, tasks, now);
-        let unknown = task_ids.iter().max().copied().unwrap_or(0) + 1000;
-        let problems: Vec<String> = task_ids
+        let built = build(conn, case);
+        let unknown = built.task_ids.iter().max().copied().unwrap_or(0) + 1000;
+        let problems: Vec<String> = built
+            .task_ids
             .iter()
             .chain([&unknown])
-            .filter_map(|&task_id| disagreement(conn, task_id, now))
+            .filter_map(|&task_id| disagreement(conn, task_id, &built.labels, built.world.now))
             .collect();
-        if problems.is_empty() {
-            return Ok(());
-        }
-        let zone: String = diesel::select(diesel::dsl::sql::<Text>("current_setting('TimeZone')"))
-            .get_result(conn)
-            .expect("time zone");
-        Err(TestCaseError::fail(format!(
-            "\nnow = {now} (UTC; session TimeZone {zone}); tasks {task_ids:?}\n{}",
-            problems.join("")
-        )))
+        failure(&built, &problems)
     })
 }
 
 #[test]
 fn legacy_views_answer_like_the_functions_for_random_tasks() {
-    let session = Session::new();
-    let config = ProptestConfig {
-        cases: CASES,
-        // No regression files: the test writes nothing into the source tree.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    };
-    let mut runner = TestRunner::new(config);
-    if let Err(error) = runner.run(&case(), |tasks| check_case(&session, &tasks)) {
-        panic!("{error}");
-    }
+    let session = Session::on(legacy_database());
+    run_property(CASES, histories::case(MAX_STEPS), |case| {
+        check_case(&session, &case)
+    });
 }
 
 // Fixed cases -------------------------------------------------------------------------
@@ -450,7 +183,7 @@ fn agreed(
     task_id: i64,
 ) -> (Vec<StepReadinessStatus>, TaskExecutionContext) {
     let now = support::utc_now(conn);
-    if let Some(problem) = disagreement(conn, task_id, now) {
+    if let Some(problem) = disagreement(conn, task_id, &Labels::default(), now) {
         panic!("the legacy views disagree with the functions (now = {now}):\n{problem}");
     }
     let mut contexts: Vec<TaskExecutionContext> = rows(conn, FUNCTION_CONTEXT, task_id);

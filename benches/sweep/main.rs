@@ -35,7 +35,7 @@ usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls
                                     [--budget SECONDS] [--reuse] [--out DIR]
        cargo bench --bench sweep -- generate --steps SIZE [--reuse]
 
-  --quick         10K and 100K steps, with a 30 s budget (about 4 minutes)
+  --quick         10K and 100K steps, with a 30 s budget (about 5 minutes)
   --sizes LIST    dataset sizes in steps (default: 10k,100k,1m,10m)
   --calls N       timed calls per workload after warm-up (default 2000)
   --budget SECS   stop a workload early once it has run this long (default 120);

@@ -34,6 +34,7 @@ const USAGE: &str = "\
 usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls N]
                                     [--budget SECONDS] [--reuse] [--out DIR]
        cargo bench --bench sweep -- generate --steps SIZE [--reuse]
+       cargo bench --bench sweep -- render [--out DIR]
 
   --quick         10K and 100K steps, with a 30 s budget (about 5 minutes)
   --sizes LIST    dataset sizes in steps (default: 10k,100k,1m,10m)
@@ -42,7 +43,10 @@ usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls
                   the report says how many calls it made
   --reuse         keep a complete dataset of the same size instead of regenerating
                   it (W6 and W7 will have moved some of its steps on)
-  --out DIR       report directory (default target/bench-report)";
+  --out DIR       report directory (default target/bench-report)
+
+generate only generates a dataset; render writes report.md and the plot of
+DIR/report.json again (after a change to how they are drawn).";
 
 /// The workload budget of `--quick`, so that it takes minutes.
 const QUICK_BUDGET: Duration = Duration::from_secs(30);
@@ -58,6 +62,9 @@ enum Command {
     Generate {
         steps: u64,
         reuse: bool,
+    },
+    Render {
+        out: PathBuf,
     },
 }
 
@@ -89,6 +96,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut reuse = false;
     let mut out = PathBuf::from("target/bench-report");
     let mut generate = false;
+    let mut render = false;
     let mut steps = None;
     let mut budget = None;
     let mut args = args.iter();
@@ -96,6 +104,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "generate" => generate = true,
+            "render" => render = true,
             "--quick" => {
                 sizes = vec![10_000, 100_000];
                 mode = "quick";
@@ -133,6 +142,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if render {
+        return Ok(Command::Render { out });
+    }
     if generate {
         let steps = steps.ok_or("generate needs --steps SIZE")?;
         return Ok(Command::Generate { steps, reuse });
@@ -151,10 +163,14 @@ fn parse(args: &[String]) -> Result<Command, String> {
 }
 
 fn run(command: Command, args: &[String]) -> BoxResult<()> {
-    let server = server_url();
     match command {
+        Command::Render { out } => {
+            report::render_again(&out)?;
+            println!("report rendered again in {}", out.display());
+            Ok(())
+        }
         Command::Generate { steps, reuse } => {
-            let dataset = dataset::prepare(server, steps, reuse)?;
+            let dataset = dataset::prepare(server_url(), steps, reuse)?;
             println!("{}", serde_json::to_string_pretty(&dataset.stats)?);
             Ok(())
         }
@@ -178,6 +194,7 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
                 sizes: Vec::new(),
                 notes: Vec::new(),
             };
+            let server = server_url();
             for steps in sizes {
                 let dataset = dataset::prepare(server, steps, reuse)?;
                 let run = workloads::run(&dataset.url, &settings, steps)?;

@@ -410,18 +410,25 @@ const PLOT_FILE: &str = "latency_vs_size.svg";
 /// Creates `dir` and writes `report.json`, `report.md` and `latency_vs_size.svg` into it.
 pub fn write_report(dir: &Path, report: &Report) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let targets = evaluate_targets(report);
-
     let file = ReportFile {
         report: Cow::Borrowed(report),
-        targets,
+        targets: evaluate_targets(report),
     };
     let json = serde_json::to_string_pretty(&file).map_err(io::Error::other)?;
     fs::write(dir.join(JSON_FILE), json + "\n")?;
-    fs::write(
-        dir.join(MARKDOWN_FILE),
-        render_markdown(report, &file.targets),
-    )?;
+    write_rendered(dir, report, &file.targets)
+}
+
+/// Writes `report.md` and the plot of `dir/report.json` again, after a change
+/// to how they are drawn; the figures in `report.json` are left as measured.
+pub fn render_again(dir: &Path) -> io::Result<()> {
+    let json = fs::read_to_string(dir.join(JSON_FILE))?;
+    let file: ReportFile<'static> = serde_json::from_str(&json).map_err(io::Error::other)?;
+    write_rendered(dir, &file.report, &evaluate_targets(&file.report))
+}
+
+fn write_rendered(dir: &Path, report: &Report, targets: &[TargetCheck]) -> io::Result<()> {
+    fs::write(dir.join(MARKDOWN_FILE), render_markdown(report, targets))?;
     fs::write(dir.join(PLOT_FILE), render_plot(report)?)?;
     Ok(())
 }
@@ -558,13 +565,19 @@ fn latency_section(report: &Report) -> String {
     let sizes = sizes_ascending(report);
     let latency_rows = workload_rows(&sizes, |w| {
         let p50 = w.p50_ms?;
-        let p99 = w.p99_ms.map_or_else(|| "—".into(), format_number);
-        Some(format!("{} / {p99}", format_number(p50)))
+        let other = |ms: Option<f64>| ms.map_or_else(|| "—".into(), format_number);
+        Some(format!(
+            "{} / {} / {}",
+            format_number(p50),
+            other(w.p99_ms),
+            other(w.max_ms)
+        ))
     });
     if latency_rows.is_empty() {
         return String::new();
     }
     let buffer_rows = workload_rows(&sizes, |w| w.buffers_per_call.map(format_number));
+    let call_rows = workload_rows(&sizes, |w| w.p50_ms.map(|_| format_count(w.calls)));
     let calls = sizes
         .iter()
         .flat_map(|size| &size.workloads)
@@ -579,11 +592,13 @@ fn latency_section(report: &Report) -> String {
     };
 
     format!(
-        "## Latency\n\np50 / p99 in ms, over {calls} timed calls per workload and size on one \
-         connection, after warm-up. `L-` rows query the legacy views.\n\n{}\n\n\
-         Shared buffers (hit + read) per call, from `EXPLAIN (ANALYZE, BUFFERS)`:\n\n{}",
+        "## Latency\n\np50 / p99 / max in ms, over {calls} timed calls per workload and size on \
+         one connection, after warm-up. `L-` rows query the legacy views.\n\n{}\n\n\
+         Shared buffers (hit + read) per call, from `EXPLAIN (ANALYZE, BUFFERS)`:\n\n{}\n\n\
+         Timed calls:\n\n{}",
         by_size_table("workload", &sizes, latency_rows),
         by_size_table("workload", &sizes, buffer_rows),
+        by_size_table("workload", &sizes, call_rows),
     )
 }
 
@@ -633,7 +648,9 @@ fn notes_section(report: &Report) -> String {
     format!("## Notes\n\n{}", bullets.join("\n"))
 }
 
-/// One row per workload that has `cell` somewhere, labelled "id: description".
+/// One row per workload that has `cell` somewhere, labelled "id: description"
+/// with the description of the largest size (the notes say where smaller
+/// sizes differ).
 fn workload_rows(
     sizes: &[&SizeReport],
     cell: impl Fn(&WorkloadResult) -> Option<String> + Copy,
@@ -643,7 +660,7 @@ fn workload_rows(
     distinct(with_cell.map(|w| &w.id))
         .into_iter()
         .map(|id| {
-            let description = all.clone().find(|w| w.id == *id).map(|w| &w.description);
+            let description = all.clone().rfind(|w| w.id == *id).map(|w| &w.description);
             let label = format!("{id}: {}", description.map_or("", |d| d));
             (label, figure_row(sizes, id, cell))
         })

@@ -29,7 +29,7 @@ use tasker_diesel::workflow::{
 use tasker_diesel::{Refusal, StepReadinessStatus, StepState, TaskState};
 
 mod support;
-use support::{refusal, step_row, step_transitions, task_transitions, Fixture};
+use support::{refusal, step_row, step_transitions, task_transitions};
 
 use StepState::{Cancelled, Complete, InProgress, Pending};
 
@@ -58,14 +58,6 @@ fn claim_one(conn: &mut PgConnection) -> ClaimedStep {
 
 fn ids(claimed: &[ClaimedStep]) -> Vec<i64> {
     claimed.iter().map(|step| step.workflow_step_id).collect()
-}
-
-fn step_ids(fixture: &Fixture) -> Vec<i64> {
-    fixture
-        .steps
-        .iter()
-        .map(|step| step.workflow_step_id)
-        .collect()
 }
 
 fn states(history: &[WorkflowStepTransition]) -> Vec<StepState> {
@@ -137,7 +129,7 @@ fn only_ready_steps_are_claimed() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let fixture = support::task_with_steps(&mut conn, 6);
-    let [parent, child, backing_off, exhausted, done, ready] = step_ids(&fixture)[..] else {
+    let [parent, child, backing_off, exhausted, done, ready] = fixture.step_ids()[..] else {
         unreachable!()
     };
     support::add_edge(&mut conn, parent, child).unwrap();
@@ -192,7 +184,7 @@ fn diamond_children_are_claimed_after_their_parents_complete() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let fixture = support::diamond(&mut conn);
-    let [root, left, right, sink] = step_ids(&fixture)[..] else {
+    let [root, left, right, sink] = fixture.step_ids()[..] else {
         unreachable!()
     };
 
@@ -236,11 +228,11 @@ fn older_tasks_are_claimed_first_then_lower_step_ids() {
         .unwrap();
     assert!(late.workflow_step_id > newest.steps[2].workflow_step_id);
 
-    let mut expected = step_ids(&older);
+    let mut expected = older.step_ids();
     expected.push(late.workflow_step_id);
     assert_eq!(ids(&claim_any(&mut conn, 3)), expected);
-    assert_eq!(ids(&claim_any(&mut conn, 2)), step_ids(&newer));
-    assert_eq!(ids(&claim_any(&mut conn, 10)), step_ids(&newest));
+    assert_eq!(ids(&claim_any(&mut conn, 2)), newer.step_ids());
+    assert_eq!(ids(&claim_any(&mut conn, 10)), newest.step_ids());
 }
 
 #[test]
@@ -248,7 +240,7 @@ fn claim_returns_at_most_max_steps() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let fixture = support::task_with_steps(&mut conn, 5);
-    let all = step_ids(&fixture);
+    let all = fixture.step_ids();
 
     assert_eq!(ids(&claim_any(&mut conn, 2)), all[0..2]);
     assert_eq!(ids(&claim_any(&mut conn, 2)), all[2..4]);
@@ -266,13 +258,13 @@ fn for_tasks_claims_only_from_those_tasks_oldest_first() {
     let chosen = [third.task.task_id, second.task.task_id];
 
     let claimed = claim(&mut conn, &ClaimRequest::for_tasks(&chosen, 3, LEASE));
-    let mut expected = step_ids(&second);
+    let mut expected = second.step_ids();
     expected.push(third.steps[0].workflow_step_id);
     assert_eq!(ids(&claimed), expected);
     assert!(claimed.iter().all(|step| chosen.contains(&step.task_id)));
 
     // The other task is untouched: no step moved, the task did not start.
-    for step in step_ids(&first) {
+    for step in first.step_ids() {
         assert_eq!(step_states(&mut conn, step), []);
         assert_eq!(step_row(&mut conn, step).attempts, Some(0));
     }
@@ -288,7 +280,7 @@ fn for_tasks_claims_only_from_those_tasks_oldest_first() {
         claim(&mut conn, &ClaimRequest::for_tasks(&[], 10, LEASE)),
         []
     );
-    assert_eq!(ids(&claim_any(&mut conn, 10)), step_ids(&first));
+    assert_eq!(ids(&claim_any(&mut conn, 10)), first.step_ids());
 }
 
 // What a claim writes -------------------------------------------------------------------
@@ -347,7 +339,7 @@ fn attempt_counts_on_from_stored_attempts() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let fixture = support::task_with_steps(&mut conn, 2);
-    let [unset, counted] = step_ids(&fixture)[..] else {
+    let [unset, counted] = fixture.step_ids()[..] else {
         unreachable!()
     };
     support::update_step(&mut conn, unset, steps::attempts.eq(None::<i32>));
@@ -411,7 +403,7 @@ fn steps_of_cancelled_complete_errored_or_resolved_tasks_are_not_claimed() {
         claim(&mut conn, &ClaimRequest::for_tasks(&stopped_ids, 10, LEASE)),
         []
     );
-    assert_eq!(ids(&claim_any(&mut conn, 10)), step_ids(&live));
+    assert_eq!(ids(&claim_any(&mut conn, 10)), live.step_ids());
     assert_eq!(claim_any(&mut conn, 10), []);
     for (fixture, path) in stopped.iter().zip(paths) {
         let task_states: Vec<TaskState> = task_transitions(&mut conn, fixture.task.task_id)
@@ -419,7 +411,7 @@ fn steps_of_cancelled_complete_errored_or_resolved_tasks_are_not_claimed() {
             .map(|transition| transition.to_state)
             .collect();
         assert_eq!(task_states, path);
-        for step in step_ids(fixture) {
+        for step in fixture.step_ids() {
             assert_eq!(step_states(&mut conn, step), []);
             assert!(!step_row(&mut conn, step).in_process);
         }
@@ -625,7 +617,7 @@ fn concurrent_claims_are_disjoint_and_cover_every_ready_step() {
             )
             .unwrap();
         }
-        let all: BTreeSet<i64> = step_ids(&fixture).into_iter().collect();
+        let all: BTreeSet<i64> = fixture.step_ids().into_iter().collect();
 
         let [first, second] = claim_at_once(&db, 20);
         let first: BTreeSet<i64> = ids(&first).into_iter().collect();
@@ -651,7 +643,7 @@ fn claim_overlapping_the_claim_that_starts_the_task_waits_for_it_and_gets_the_ot
     let db = TestDatabase::new();
     let mut first = db.connection();
     let fixture = support::task_with_steps(&mut first, 3);
-    let [taken, second_step, third_step] = step_ids(&fixture)[..] else {
+    let [taken, second_step, third_step] = fixture.step_ids()[..] else {
         unreachable!()
     };
     // The first claim starts the task and keeps its transaction open.
@@ -676,7 +668,7 @@ fn claim_skips_a_step_locked_by_another_transaction_without_waiting() {
     let db = TestDatabase::new();
     let mut holder = db.connection();
     let fixture = support::task_with_steps(&mut holder, 3);
-    let [locked, second, third] = step_ids(&fixture)[..] else {
+    let [locked, second, third] = fixture.step_ids()[..] else {
         unreachable!()
     };
     diesel::sql_query("BEGIN").execute(&mut holder).unwrap();
@@ -963,7 +955,7 @@ fn release_expired_claims_fails_only_expired_claims() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let fixture = support::task_with_steps(&mut conn, 5);
-    let [oldest, older, unexpired, leaseless, untouched] = step_ids(&fixture)[..] else {
+    let [oldest, older, unexpired, leaseless, untouched] = fixture.step_ids()[..] else {
         unreachable!()
     };
     let claimed = claim_any(&mut conn, 3);

@@ -29,19 +29,11 @@ fn edge_count(conn: &mut PgConnection) -> i64 {
         .unwrap()
 }
 
-fn step_ids(fixture: &support::Fixture) -> Vec<i64> {
-    fixture
-        .steps
-        .iter()
-        .map(|step| step.workflow_step_id)
-        .collect()
-}
-
 #[test]
 fn duplicate_edge_is_rejected() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let s = step_ids(&task_with_steps(&mut conn, 2));
+    let s = task_with_steps(&mut conn, 2).step_ids();
     add_edge(&mut conn, s[0], s[1]).unwrap();
     assert_eq!(
         broken_rule(add_edge(&mut conn, s[0], s[1])),
@@ -53,7 +45,7 @@ fn duplicate_edge_is_rejected() {
 fn self_edge_is_rejected() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let s = step_ids(&task_with_steps(&mut conn, 1));
+    let s = task_with_steps(&mut conn, 1).step_ids();
     assert_eq!(
         broken_rule(add_edge(&mut conn, s[0], s[0])),
         IntegrityRule::SelfEdge
@@ -64,8 +56,8 @@ fn self_edge_is_rejected() {
 fn edge_between_steps_of_two_tasks_is_rejected() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let first = step_ids(&task_with_steps(&mut conn, 1));
-    let second = step_ids(&task_with_steps(&mut conn, 1));
+    let first = task_with_steps(&mut conn, 1).step_ids();
+    let second = task_with_steps(&mut conn, 1).step_ids();
     assert_eq!(
         broken_rule(add_edge(&mut conn, first[0], second[0])),
         IntegrityRule::CrossTaskEdge
@@ -81,7 +73,7 @@ fn edge_between_steps_of_two_tasks_is_rejected() {
 fn cycle_of_two_steps_is_rejected() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let s = step_ids(&task_with_steps(&mut conn, 2));
+    let s = task_with_steps(&mut conn, 2).step_ids();
     add_edge(&mut conn, s[0], s[1]).unwrap();
     assert_eq!(
         broken_rule(add_edge(&mut conn, s[1], s[0])),
@@ -94,7 +86,7 @@ fn cycle_of_two_steps_is_rejected() {
 fn cycle_of_three_steps_is_rejected() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let s = step_ids(&task_with_steps(&mut conn, 3));
+    let s = task_with_steps(&mut conn, 3).step_ids();
     add_edge(&mut conn, s[0], s[1]).unwrap();
     add_edge(&mut conn, s[1], s[2]).unwrap();
     let error = add_edge(&mut conn, s[2], s[0])
@@ -111,7 +103,7 @@ fn cycle_of_three_steps_is_rejected() {
 fn cycle_written_by_one_statement_is_rejected_whole() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let s = step_ids(&task_with_steps(&mut conn, 3));
+    let s = task_with_steps(&mut conn, 3).step_ids();
     let edges: Vec<_> = [(s[0], s[1]), (s[1], s[2]), (s[2], s[0])]
         .into_iter()
         .map(|(from, to)| NewWorkflowStepEdge {
@@ -135,7 +127,7 @@ fn cycle_written_by_one_statement_is_rejected_whole() {
 fn cycle_made_by_updating_an_edge_is_rejected() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let s = step_ids(&task_with_steps(&mut conn, 3));
+    let s = task_with_steps(&mut conn, 3).step_ids();
     add_edge(&mut conn, s[0], s[1]).unwrap();
     let second = add_edge(&mut conn, s[1], s[2]).unwrap();
     let result = diesel::update(&second)
@@ -148,7 +140,7 @@ fn cycle_made_by_updating_an_edge_is_rejected() {
 fn shared_descendants_are_not_a_cycle() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let s = step_ids(&task_with_steps(&mut conn, 5));
+    let s = task_with_steps(&mut conn, 5).step_ids();
     // Diamond 0 -> {1, 2} -> 3, plus the shortcut 0 -> 3 and a tail 3 -> 4.
     let edges = [
         (s[0], s[1]),
@@ -200,7 +192,7 @@ fn backend_pid(conn: &mut PgConnection) -> i32 {
 fn concurrent_halves_of_a_cycle(isolation: &'static str) -> DieselError {
     let db = TestDatabase::new();
     let mut setup = db.connection();
-    let s = step_ids(&task_with_steps(&mut setup, 2));
+    let s = task_with_steps(&mut setup, 2).step_ids();
     let (a, b) = (s[0], s[1]);
 
     let mut first = db.connection();
@@ -314,7 +306,7 @@ fn insert_task_transition(
 fn step_has_at_most_one_most_recent_transition() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let step = step_ids(&task_with_steps(&mut conn, 1))[0];
+    let step = task_with_steps(&mut conn, 1).step_ids()[0];
     insert_step_transition(&mut conn, (step, StepState::InProgress, 1, true)).unwrap();
     let second = insert_step_transition(&mut conn, (step, StepState::Complete, 2, true));
     assert_eq!(
@@ -329,7 +321,7 @@ fn step_has_at_most_one_most_recent_transition() {
 fn step_transition_sort_keys_are_unique_per_step() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let steps = step_ids(&task_with_steps(&mut conn, 2));
+    let steps = task_with_steps(&mut conn, 2).step_ids();
     insert_step_transition(&mut conn, (steps[0], StepState::InProgress, 1, false)).unwrap();
     insert_step_transition(&mut conn, (steps[1], StepState::InProgress, 1, false)).unwrap();
     let duplicate = insert_step_transition(&mut conn, (steps[0], StepState::Complete, 1, true));
@@ -355,7 +347,7 @@ fn task_has_at_most_one_most_recent_transition_and_unique_sort_keys() {
 fn unknown_state_cannot_be_stored() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let step = step_ids(&task_with_steps(&mut conn, 1))[0];
+    let step = task_with_steps(&mut conn, 1).step_ids()[0];
     let result = diesel::sql_query(
         "INSERT INTO tasker_workflow_step_transitions (workflow_step_id, to_state, sort_key, most_recent) \
          VALUES ($1, $2::tasker_step_state, 1, true)",

@@ -191,14 +191,6 @@ fn agreed(
     (rows(conn, FUNCTION_READINESS, task_id), contexts.remove(0))
 }
 
-fn ids(fixture: &support::Fixture) -> Vec<i64> {
-    fixture
-        .steps
-        .iter()
-        .map(|step| step.workflow_step_id)
-        .collect()
-}
-
 /// The views' columns are the row types' columns, the file can be run again,
 /// and the views use none of the crate's functions.
 #[test]
@@ -281,7 +273,7 @@ fn empty_tasks_and_steps_without_history() {
 
     // A chain 0 -> 1 -> 2 with no transition at all, and default columns.
     let chain = support::task_with_steps(conn, 3);
-    let step = ids(&chain);
+    let step = chain.step_ids();
     support::add_edge(conn, step[0], step[1]).expect("edge");
     support::add_edge(conn, step[1], step[2]).expect("edge");
     let (readiness, context) = agreed(conn, chain.task.task_id);
@@ -325,7 +317,7 @@ fn parents_count_when_complete_or_resolved_manually() {
     let mut conn = support::test_connection(&db);
     let conn = &mut conn;
     let diamond = support::diamond(conn);
-    let step = ids(&diamond);
+    let step = diamond.step_ids();
     support::step_history(
         conn,
         step[0],
@@ -354,7 +346,7 @@ fn parents_count_when_complete_or_resolved_manually() {
 
     // A parent that completed once but is in error now no longer counts.
     let other = support::diamond(conn);
-    let step = ids(&other);
+    let step = other.step_ids();
     support::step_history(conn, step[0], &[StepState::InProgress, StepState::Complete]);
     support::step_history(conn, step[1], &[StepState::InProgress, StepState::Error]);
     support::step_history(conn, step[2], &[StepState::InProgress, StepState::Complete]);
@@ -372,7 +364,7 @@ fn failure_backoff_is_capped_and_follows_the_current_transition() {
     let conn = &mut conn;
     let now = support::utc_now(conn);
     let fixture = support::task_with_steps(conn, 6);
-    let step = ids(&fixture);
+    let step = fixture.step_ids();
     let attempts_column = tasker_workflow_steps::dsl::attempts;
     let limit_column = tasker_workflow_steps::dsl::retry_limit;
     // (attempts, seconds since the failure, ready?)
@@ -442,7 +434,7 @@ fn gates_use_utc_whatever_the_session_time_zone() {
     let conn = &mut conn;
     let now = support::utc_now(conn);
     let fixture = support::task_with_steps(conn, 4);
-    let step = ids(&fixture);
+    let step = fixture.step_ids();
     let attempted = |seconds: i64| {
         (
             tasker_workflow_steps::backoff_request_seconds.eq(Some(60)),
@@ -481,7 +473,7 @@ fn retry_eligibility() {
     let mut conn = support::test_connection(&db);
     let conn = &mut conn;
     let fixture = support::task_with_steps(conn, 5);
-    let step = ids(&fixture);
+    let step = fixture.step_ids();
     use tasker_workflow_steps::dsl::{attempts, retry_limit, retryable};
     // (retryable, attempts, retry_limit, eligible)
     let cases = [
@@ -518,7 +510,7 @@ fn execution_status_health_and_percentage() {
 
     // One step ready, one failed for good: ready wins, health recovering.
     let mixed = support::task_with_steps(conn, 3);
-    let step = ids(&mixed);
+    let step = mixed.step_ids();
     support::update_step(
         conn,
         step[0],
@@ -580,7 +572,7 @@ fn execution_status_health_and_percentage() {
 
     // Complete and cancelled steps only: all complete, not 100 %.
     let cancelled = support::task_with_steps(conn, 2);
-    let step = ids(&cancelled);
+    let step = cancelled.step_ids();
     support::step_history(conn, step[0], &[StepState::InProgress, StepState::Complete]);
     support::transition_step(conn, step[1], StepState::Cancelled);
     let (_, context) = agreed(conn, cancelled.task.task_id);
@@ -589,7 +581,7 @@ fn execution_status_health_and_percentage() {
 
     // An error still inside its backoff, nothing else: recovering, waiting.
     let waiting = support::task_with_steps(conn, 1);
-    let step = ids(&waiting);
+    let step = waiting.step_ids();
     support::update_step(conn, step[0], attempts.eq(Some(1)));
     support::step_history(conn, step[0], &[StepState::InProgress, StepState::Error]);
     let (_, context) = agreed(conn, waiting.task.task_id);

@@ -19,6 +19,16 @@ pub struct Fixture {
     pub steps: Vec<WorkflowStep>,
 }
 
+impl Fixture {
+    /// The ids of the task's steps, in creation order.
+    pub fn step_ids(&self) -> Vec<i64> {
+        self.steps
+            .iter()
+            .map(|step| step.workflow_step_id)
+            .collect()
+    }
+}
+
 /// Inserts the catalog rows (once per database) and a new task with
 /// `step_count` steps and no edges.
 pub fn task_with_steps(conn: &mut PgConnection, step_count: usize) -> Fixture {

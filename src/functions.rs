@@ -3,7 +3,7 @@
 //! (see [`crate::readiness`] and [`crate::workflow`]).
 
 use diesel::define_sql_function;
-use diesel::sql_types::{BigInt, Integer, Jsonb, Nullable};
+use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable};
 
 use crate::schema::sql_types::{TaskerStepState, TaskerTaskState};
 
@@ -32,4 +32,10 @@ define_sql_function! {
 define_sql_function! {
     /// Moves steps whose claim expired to `error`; one row per released step.
     fn release_expired_claims(max_steps: Nullable<Integer>) -> BigInt;
+}
+
+define_sql_function! {
+    /// Rebuilds the maintained readiness of the given tasks (NULL: all) from
+    /// their history; returns the number of corrections.
+    fn tasker_rebuild_readiness(task_ids: Nullable<Array<BigInt>>) -> BigInt;
 }

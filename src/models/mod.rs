@@ -16,7 +16,7 @@ pub use catalog::{
     NewDependentSystem, NewDependentSystemObjectMap, NewNamedStep, NewNamedTask,
     NewNamedTaskNamedStep, NewTaskNamespace, TaskNamespace,
 };
-pub use task::{NewTask, Task};
+pub use task::{NewTask, Task, TaskStepCounts};
 pub use transition::{
     NewTaskTransition, NewWorkflowStepTransition, TaskTransition, WorkflowStepTransition,
 };

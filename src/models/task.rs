@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::models::NamedTask;
-use crate::schema::tasker_tasks;
+use crate::schema::{tasker_task_step_counts, tasker_tasks};
 
 /// One run of a task template. Its state is in [`crate::models::TaskTransition`].
 #[derive(
@@ -74,4 +74,38 @@ impl<'a> NewTask<'a> {
             context: None,
         }
     }
+}
+
+/// A task's steps counted by state, kept by the schema's triggers (never
+/// written by this crate). The execution context reads it.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Queryable,
+    Selectable,
+    Identifiable,
+    Associations,
+    Serialize,
+    Deserialize,
+)]
+#[diesel(table_name = tasker_task_step_counts, primary_key(task_id))]
+#[diesel(belongs_to(Task, foreign_key = task_id))]
+#[diesel(check_for_backend(diesel::pg::Pg))]
+pub struct TaskStepCounts {
+    pub task_id: i64,
+    pub total_steps: i64,
+    pub pending_steps: i64,
+    pub in_progress_steps: i64,
+    pub complete_steps: i64,
+    pub resolved_manually_steps: i64,
+    /// Steps in `Error`.
+    pub failed_steps: i64,
+    pub cancelled_steps: i64,
+    /// Steps in `Error` that are not retry eligible.
+    pub permanently_failed_steps: i64,
+    /// Steps ready for execution but for their backoff.
+    pub runnable_steps: i64,
 }

@@ -5,10 +5,13 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::enums::StepState;
 use crate::models::{NamedStep, Task};
 use crate::schema::{tasker_workflow_step_edges, tasker_workflow_steps};
 
-/// A step of a task. Its state is in [`crate::models::WorkflowStepTransition`].
+/// A step of a task. Its history is in [`crate::models::WorkflowStepTransition`];
+/// `current_state` to `runnable` are kept from it by the schema's triggers and
+/// generated columns (never written by this crate).
 #[derive(
     Debug,
     Clone,
@@ -49,6 +52,20 @@ pub struct WorkflowStep {
     pub updated_at: NaiveDateTime,
     /// While a worker's claim holds: until when (`None`: no claim or no lease).
     pub claimed_until: Option<NaiveDateTime>,
+    /// Maintained: the state of the most recent transition, else `Pending`.
+    pub current_state: StepState,
+    /// Maintained: when the most recent transition is to `Error`, its time.
+    pub last_failure_at: Option<NaiveDateTime>,
+    /// Maintained: the number of parent steps.
+    pub total_parents: i32,
+    /// Maintained: parents that are `Complete` or `ResolvedManually`.
+    pub completed_parents: i32,
+    /// Generated: attempts left under the retry rules.
+    pub retry_eligible: bool,
+    /// Generated: the earliest time the step may run again, if gated.
+    pub next_retry_at: Option<NaiveDateTime>,
+    /// Generated: ready for execution except for the time gate.
+    pub runnable: bool,
 }
 
 /// A step to insert; `None` fields take the SQL defaults (retryable, retry

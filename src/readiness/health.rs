@@ -54,8 +54,9 @@ pub struct SystemHealthCounts {
     pub max_connections: i32,
 }
 
-/// The counts (`get_system_health_counts`). They cost a pass over the task,
-/// step and current-transition indexes: poll every few seconds, not per request.
+/// The counts (`get_system_health_counts`). They cost a pass over the tasks,
+/// their current transitions and their maintained step counts (not over the
+/// steps): poll every few seconds, not per request.
 pub fn get_system_health_counts(conn: &mut PgConnection) -> QueryResult<SystemHealthCounts> {
     FunctionCall::new("get_system_health_counts", ()).get_result(conn)
 }

@@ -8,10 +8,12 @@
 mod context;
 mod health;
 mod levels;
+mod maintenance;
 mod step;
 
 use crate::call::FunctionCall;
 pub use context::TaskExecutionContext;
 pub use health::{get_system_health_counts, SystemHealthCounts};
 pub use levels::{calculate_dependency_levels, DependencyLevel};
+pub use maintenance::{readiness_drift, rebuild_readiness, ReadinessDrift};
 pub use step::{StepReadinessQuery, StepReadinessStatus};

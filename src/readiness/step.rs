@@ -88,6 +88,15 @@ impl StepReadinessStatus {
     pub fn for_tasks(task_ids: &[i64]) -> StepReadinessQuery {
         StepReadinessQuery::new(Source::Tasks(task_ids.to_vec()))
     }
+
+    /// Readiness of the given steps recomputed from their transitions and
+    /// edges (`tasker_step_readiness_from_history`), ignoring the maintained
+    /// state the other queries read: the same rows when nothing has drifted.
+    /// It explains a step (which gate holds it, from the history) and checks
+    /// the maintained state; it costs index probes per step and parent.
+    pub fn from_history(step_ids: &[i64]) -> StepReadinessQuery {
+        StepReadinessQuery::new(Source::History(step_ids.to_vec()))
+    }
 }
 
 /// Which SQL function chooses the steps.
@@ -99,6 +108,7 @@ enum Source {
         step_ids: Option<Vec<i64>>,
     },
     Tasks(Vec<i64>),
+    History(Vec<i64>),
 }
 
 /// A condition on readiness rows, evaluated in SQL. The order of the variants
@@ -216,6 +226,10 @@ impl QueryFragment<Pg> for StepReadinessQuery {
             Source::Tasks(task_ids) => {
                 out.push_sql("get_step_readiness_status_batch(");
                 out.push_bind_param::<Array<BigInt>, _>(task_ids)?;
+            }
+            Source::History(step_ids) => {
+                out.push_sql("tasker_step_readiness_from_history(NULL, ");
+                out.push_bind_param::<Array<BigInt>, _>(step_ids)?;
             }
         }
         out.push_sql(") AS readiness");

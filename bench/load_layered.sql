@@ -64,6 +64,8 @@ UPDATE tasker_workflow_step_transitions SET most_recent = true
 INSERT INTO tasker_task_transitions (task_id, to_state, sort_key, most_recent)
     SELECT task_id, CASE WHEN task_id % 5 = 0 THEN 'in_progress' ELSE 'complete' END::tasker_task_state, 1, true
     FROM tasker_tasks;
+-- The triggers that keep readiness were off: fill the kept state from the history.
+SELECT tasker_rebuild_readiness(NULL) AS kept_values_filled;
 COMMIT;
 VACUUM ANALYZE;
 

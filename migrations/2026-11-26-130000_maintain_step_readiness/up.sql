@@ -476,8 +476,7 @@ AS $$
         step.workflow_step_id,
         step.task_id,
         step.named_step_id,
-        (SELECT named.name FROM tasker_named_steps AS named
-          WHERE named.named_step_id = step.named_step_id)::text,
+        named.name::text,
         step.current_state,
         step.completed_parents = step.total_parents,
         step.retry_eligible,
@@ -492,12 +491,16 @@ AS $$
         step.backoff_request_seconds,
         step.last_attempted_at
     FROM tasker_workflow_steps AS step
+    -- A join, not a lookup per row: the planner hashes a small catalog of names
+    -- (a probe per row cost more than all the rest of a 100-step task) and probes
+    -- a large one by its primary key. Every step has its named step (foreign key).
+    JOIN tasker_named_steps AS named ON named.named_step_id = step.named_step_id
     -- Callers pass one array and a NULL: `= ANY (NULL)` matches nothing.
     WHERE step.task_id = ANY (tasker_step_readiness.task_ids)
        OR step.workflow_step_id = ANY (tasker_step_readiness.step_ids)
 $$;
 COMMENT ON FUNCTION tasker_step_readiness(bigint[], bigint[]) IS
-    'Readiness rows (SPEC.md section 3) of the steps of task_ids and of the steps step_ids, unordered, read from the maintained columns of each step: one index probe per step (and one for its name). Every readiness and context function calls it. tasker_step_readiness_from_history computes the same rows from the history.';
+    'Readiness rows (SPEC.md section 3) of the steps of task_ids and of the steps step_ids, unordered, read from the maintained columns of each step: one index probe per step, joined to the step names. Every readiness and context function calls it. tasker_step_readiness_from_history computes the same rows from the history.';
 
 CREATE OR REPLACE FUNCTION get_task_execution_contexts_batch(task_ids bigint[])
 RETURNS SETOF tasker_task_execution_context_row

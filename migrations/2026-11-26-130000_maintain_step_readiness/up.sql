@@ -22,6 +22,10 @@
 -- the oracle of the tests and of tasker_readiness_drift, and what explains a step.
 
 -- Rules on a step's own columns, written once -------------------------------------
+--
+-- The helpers below that are read in FROM return TABLE (a set of one row) so that
+-- PostgreSQL inlines them into the calling statement instead of planning them on each
+-- call.
 
 CREATE FUNCTION tasker_step_retry_eligible(attempts integer, retry_limit integer, retryable boolean)
 RETURNS boolean
@@ -110,15 +114,17 @@ COMMENT ON TABLE tasker_task_step_counts IS
 CREATE FUNCTION tasker_step_buckets(
     current_state tasker_step_state,
     retry_eligible boolean,
-    runnable boolean,
-    OUT pending integer,
-    OUT in_progress integer,
-    OUT complete integer,
-    OUT resolved_manually integer,
-    OUT failed integer,
-    OUT cancelled integer,
-    OUT permanently_failed integer,
-    OUT runnable_count integer
+    runnable boolean
+)
+RETURNS TABLE (
+    pending integer,
+    in_progress integer,
+    complete integer,
+    resolved_manually integer,
+    failed integer,
+    cancelled integer,
+    permanently_failed integer,
+    runnable_count integer
 )
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
@@ -135,7 +141,7 @@ COMMENT ON FUNCTION tasker_step_buckets(tasker_step_state, boolean, boolean) IS
     'Which columns of tasker_task_step_counts one step counts in (1) or not (0); total_steps counts every step.';
 
 CREATE FUNCTION tasker_task_step_recount(task_id bigint)
-RETURNS tasker_task_step_counts
+RETURNS SETOF tasker_task_step_counts
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT tasker_task_step_recount.task_id,
@@ -156,11 +162,8 @@ COMMENT ON FUNCTION tasker_task_step_recount(bigint) IS
     'What the tasker_task_step_counts row of a task should hold, counted from the maintained state of its steps.';
 
 -- Rules 1 and 5, from the history.
-CREATE FUNCTION tasker_step_state_from_history(
-    workflow_step_id bigint,
-    OUT current_state tasker_step_state,
-    OUT last_failure_at timestamp
-)
+CREATE FUNCTION tasker_step_state_from_history(workflow_step_id bigint)
+RETURNS TABLE (current_state tasker_step_state, last_failure_at timestamp)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT coalesce(latest.to_state, 'pending'),
@@ -177,11 +180,8 @@ $$;
 COMMENT ON FUNCTION tasker_step_state_from_history(bigint) IS
     'A step''s current state (to_state of its most recent transition, else pending) and last_failure_at (created_at of that transition when it is to error), read from the transitions.';
 
-CREATE FUNCTION tasker_step_parent_counts(
-    workflow_step_id bigint,
-    OUT total_parents integer,
-    OUT completed_parents integer
-)
+CREATE FUNCTION tasker_step_parent_counts(workflow_step_id bigint)
+RETURNS TABLE (total_parents integer, completed_parents integer)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT count(*)::integer,
@@ -195,22 +195,30 @@ COMMENT ON FUNCTION tasker_step_parent_counts(bigint) IS
     'A step''s parents counted from its edges: all of them, and those whose current_state is complete or resolved_manually.';
 
 -- Triggers ----------------------------------------------------------------------------
+--
+-- They run inside every write, so their statements use their cached generic plans
+-- (index probes whatever the arrays hold): with custom plans each call planned its
+-- statements again, which cost more than running them.
 
 -- Sets the maintained state of the given steps from their history, locking them in id order.
 CREATE FUNCTION tasker_refresh_step_states(step_ids bigint[])
 RETURNS void
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM FROM tasker_workflow_steps AS s
     WHERE s.workflow_step_id = ANY (step_ids)
     ORDER BY s.workflow_step_id
     FOR NO KEY UPDATE;
+    -- Both sides of the join are selected by id, so the plan probes the primary key.
     UPDATE tasker_workflow_steps AS s
     SET current_state = fresh.current_state, last_failure_at = fresh.last_failure_at
-    FROM unnest(step_ids) AS changed (workflow_step_id)
+    FROM tasker_workflow_steps AS changed
     CROSS JOIN LATERAL tasker_step_state_from_history(changed.workflow_step_id) AS fresh
-    WHERE s.workflow_step_id = changed.workflow_step_id
+    WHERE changed.workflow_step_id = ANY (step_ids)
+      AND s.workflow_step_id = ANY (step_ids)
+      AND s.workflow_step_id = changed.workflow_step_id
       AND (s.current_state, s.last_failure_at)
           IS DISTINCT FROM (fresh.current_state, fresh.last_failure_at);
 END;
@@ -221,6 +229,7 @@ COMMENT ON FUNCTION tasker_refresh_step_states(bigint[]) IS
 CREATE FUNCTION tasker_step_transitions_changed()
 RETURNS trigger
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     step_ids bigint[];
@@ -243,24 +252,13 @@ $$;
 COMMENT ON FUNCTION tasker_step_transitions_changed() IS
     'Trigger: after a statement writes step transitions, refreshes the maintained state of the steps they belong to.';
 
-CREATE TRIGGER tasker_workflow_step_transitions_maintain_insert
-    AFTER INSERT ON tasker_workflow_step_transitions
-    REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_transitions_changed();
-CREATE TRIGGER tasker_workflow_step_transitions_maintain_update
-    AFTER UPDATE ON tasker_workflow_step_transitions
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_transitions_changed();
-CREATE TRIGGER tasker_workflow_step_transitions_maintain_delete
-    AFTER DELETE ON tasker_workflow_step_transitions
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_transitions_changed();
 
 -- Recounts the parents of the given steps, locking them in id order first (so the
 -- recount, a new statement, sees every parent change committed while it waited).
 CREATE FUNCTION tasker_refresh_parent_counts(step_ids bigint[])
 RETURNS void
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM FROM tasker_workflow_steps AS s
@@ -269,9 +267,11 @@ BEGIN
     FOR NO KEY UPDATE;
     UPDATE tasker_workflow_steps AS s
     SET total_parents = fresh.total_parents, completed_parents = fresh.completed_parents
-    FROM unnest(step_ids) AS changed (workflow_step_id)
+    FROM tasker_workflow_steps AS changed
     CROSS JOIN LATERAL tasker_step_parent_counts(changed.workflow_step_id) AS fresh
-    WHERE s.workflow_step_id = changed.workflow_step_id
+    WHERE changed.workflow_step_id = ANY (step_ids)
+      AND s.workflow_step_id = ANY (step_ids)
+      AND s.workflow_step_id = changed.workflow_step_id
       AND (s.total_parents, s.completed_parents)
           IS DISTINCT FROM (fresh.total_parents, fresh.completed_parents);
 END;
@@ -282,6 +282,7 @@ COMMENT ON FUNCTION tasker_refresh_parent_counts(bigint[]) IS
 CREATE FUNCTION tasker_step_edges_changed()
 RETURNS trigger
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     step_ids bigint[];
@@ -304,20 +305,6 @@ $$;
 COMMENT ON FUNCTION tasker_step_edges_changed() IS
     'Trigger: after a statement writes step edges, recounts the parents of the steps they lead to.';
 
--- Named to sort before tasker_workflow_step_edges_check_*, which lock the task: triggers
--- of one event fire in name order, and steps are locked before their task.
-CREATE TRIGGER tasker_workflow_step_edges_apply_insert
-    AFTER INSERT ON tasker_workflow_step_edges
-    REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_edges_changed();
-CREATE TRIGGER tasker_workflow_step_edges_apply_update
-    AFTER UPDATE ON tasker_workflow_step_edges
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_edges_changed();
-CREATE TRIGGER tasker_workflow_step_edges_apply_delete
-    AFTER DELETE ON tasker_workflow_step_edges
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_edges_changed();
 
 -- Adds sign times each step's buckets to its task's counts, locking the rows in task
 -- id order.
@@ -330,6 +317,7 @@ CREATE FUNCTION tasker_add_step_counts(
 )
 RETURNS void
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     PERFORM FROM tasker_task_step_counts AS c
@@ -363,7 +351,7 @@ BEGIN
             step.current_state, step.retry_eligible, step.runnable) AS b
         GROUP BY step.task_id
     ) AS delta
-    WHERE c.task_id = delta.task_id;
+    WHERE c.task_id = ANY (task_ids) AND c.task_id = delta.task_id;
 END;
 $$;
 COMMENT ON FUNCTION tasker_add_step_counts(bigint[], integer[], tasker_step_state[], boolean[], boolean[]) IS
@@ -372,6 +360,7 @@ COMMENT ON FUNCTION tasker_add_step_counts(bigint[], integer[], tasker_step_stat
 CREATE FUNCTION tasker_steps_inserted_or_deleted()
 RETURNS trigger
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     IF TG_OP = 'INSERT' THEN
@@ -391,18 +380,11 @@ $$;
 COMMENT ON FUNCTION tasker_steps_inserted_or_deleted() IS
     'Trigger: counts inserted steps into their tasks'' tasker_task_step_counts, or deleted steps out of them.';
 
-CREATE TRIGGER tasker_workflow_steps_count_insert
-    AFTER INSERT ON tasker_workflow_steps
-    REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_steps_inserted_or_deleted();
-CREATE TRIGGER tasker_workflow_steps_count_delete
-    AFTER DELETE ON tasker_workflow_steps
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_steps_inserted_or_deleted();
 
 CREATE FUNCTION tasker_step_changed()
 RETURNS trigger
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     was_done CONSTANT boolean := OLD.current_state IN ('complete', 'resolved_manually');
@@ -433,17 +415,11 @@ $$;
 COMMENT ON FUNCTION tasker_step_changed() IS
     'Trigger: when a step''s current_state, retry_eligible or runnable changes, moves it between the buckets of its task''s counts, and when it becomes (or stops being) complete or resolved_manually, adds one to (or takes one from) completed_parents of each child, locking the children in id order.';
 
-CREATE TRIGGER tasker_workflow_steps_maintain_update
-    AFTER UPDATE ON tasker_workflow_steps
-    FOR EACH ROW
-    WHEN (OLD.current_state IS DISTINCT FROM NEW.current_state
-          OR OLD.retry_eligible IS DISTINCT FROM NEW.retry_eligible
-          OR OLD.runnable IS DISTINCT FROM NEW.runnable)
-    EXECUTE FUNCTION tasker_step_changed();
 
 CREATE FUNCTION tasker_tasks_inserted()
 RETURNS trigger
 LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
 AS $$
 BEGIN
     INSERT INTO tasker_task_step_counts (task_id) SELECT n.task_id FROM changed_rows AS n;
@@ -453,10 +429,6 @@ $$;
 COMMENT ON FUNCTION tasker_tasks_inserted() IS
     'Trigger: gives each new task its (empty) tasker_task_step_counts row.';
 
-CREATE TRIGGER tasker_tasks_count_insert
-    AFTER INSERT ON tasker_tasks
-    REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_tasks_inserted();
 
 -- Readiness and context read the maintained state --------------------------------------
 
@@ -881,5 +853,61 @@ $$;
 COMMENT ON FUNCTION tasker_rebuild_readiness(bigint[]) IS
     'Rebuilds the maintained readiness of the given tasks (NULL: every task) from their transitions and edges: step states, parent counts, then task counts. Locks the steps in id order, then the counts rows. Returns how many values or rows it had to correct (0: there was no drift).';
 
--- Backfill: every existing task and step.
+-- Backfill every existing task and step, before the triggers exist (so the rebuild's
+-- writes do not also run them), then install the triggers.
 SELECT tasker_rebuild_readiness(NULL);
+
+CREATE TRIGGER tasker_workflow_step_transitions_maintain_insert
+    AFTER INSERT ON tasker_workflow_step_transitions
+    REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_transitions_changed();
+
+CREATE TRIGGER tasker_workflow_step_transitions_maintain_update
+    AFTER UPDATE ON tasker_workflow_step_transitions
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_transitions_changed();
+
+CREATE TRIGGER tasker_workflow_step_transitions_maintain_delete
+    AFTER DELETE ON tasker_workflow_step_transitions
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_transitions_changed();
+
+-- Named to sort before tasker_workflow_step_edges_check_*, which lock the task: triggers
+-- of one event fire in name order, and steps are locked before their task.
+CREATE TRIGGER tasker_workflow_step_edges_apply_insert
+    AFTER INSERT ON tasker_workflow_step_edges
+    REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_edges_changed();
+
+CREATE TRIGGER tasker_workflow_step_edges_apply_update
+    AFTER UPDATE ON tasker_workflow_step_edges
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_edges_changed();
+
+CREATE TRIGGER tasker_workflow_step_edges_apply_delete
+    AFTER DELETE ON tasker_workflow_step_edges
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_edges_changed();
+
+CREATE TRIGGER tasker_workflow_steps_count_insert
+    AFTER INSERT ON tasker_workflow_steps
+    REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_steps_inserted_or_deleted();
+
+CREATE TRIGGER tasker_workflow_steps_count_delete
+    AFTER DELETE ON tasker_workflow_steps
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_steps_inserted_or_deleted();
+
+CREATE TRIGGER tasker_workflow_steps_maintain_update
+    AFTER UPDATE ON tasker_workflow_steps
+    FOR EACH ROW
+    WHEN (OLD.current_state IS DISTINCT FROM NEW.current_state
+          OR OLD.retry_eligible IS DISTINCT FROM NEW.retry_eligible
+          OR OLD.runnable IS DISTINCT FROM NEW.runnable)
+    EXECUTE FUNCTION tasker_step_changed();
+
+CREATE TRIGGER tasker_tasks_count_insert
+    AFTER INSERT ON tasker_tasks
+    REFERENCING NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_tasks_inserted();

@@ -4,6 +4,87 @@
 DROP FUNCTION tasker_rebuild_readiness(bigint[]);
 DROP FUNCTION tasker_readiness_drift(bigint[]);
 
+CREATE OR REPLACE FUNCTION transition_workflow_step(
+    workflow_step_id bigint,
+    to_state tasker_step_state,
+    metadata jsonb DEFAULT '{}',
+    expected_state tasker_step_state DEFAULT NULL
+)
+RETURNS tasker_workflow_step_transitions
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    step_id CONSTANT bigint := transition_workflow_step.workflow_step_id;
+    target CONSTANT tasker_step_state := transition_workflow_step.to_state;
+    stamp CONSTANT timestamp := clock_timestamp() AT TIME ZONE 'UTC';
+    step tasker_workflow_steps;
+    latest tasker_workflow_step_transitions;
+    current tasker_step_state;
+    finished boolean;
+    written tasker_workflow_step_transitions;
+BEGIN
+    SELECT * INTO step FROM tasker_workflow_steps AS s
+    WHERE s.workflow_step_id = step_id
+    FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        PERFORM tasker_refuse('unknown_step', format('workflow step %s does not exist', step_id),
+                              jsonb_build_object('workflow_step_id', step_id));
+    END IF;
+
+    SELECT * INTO latest FROM tasker_workflow_step_transitions AS t
+    WHERE t.workflow_step_id = step_id AND t.most_recent;
+    current := coalesce(latest.to_state, 'pending');
+
+    IF expected_state IS NOT NULL AND expected_state <> current THEN
+        PERFORM tasker_refuse('step_state_conflict',
+            format('workflow step %s is %s, not the expected %s', step_id, current, expected_state),
+            jsonb_build_object('workflow_step_id', step_id, 'expected', expected_state,
+                               'actual', current));
+    END IF;
+    IF target IS NULL OR NOT tasker_step_transition_allowed(current, target) THEN
+        PERFORM tasker_refuse('illegal_step_transition',
+            format('workflow step %s (%s) cannot move from %s to %s', step_id,
+                   (SELECT n.name FROM tasker_named_steps AS n
+                     WHERE n.named_step_id = step.named_step_id),
+                   current, coalesce(target::text, 'NULL')),
+            jsonb_build_object('workflow_step_id', step_id, 'from', current, 'to', target,
+                               'name', (SELECT n.name FROM tasker_named_steps AS n
+                                         WHERE n.named_step_id = step.named_step_id)));
+    END IF;
+
+    UPDATE tasker_workflow_step_transitions AS t SET most_recent = false
+    WHERE t.id = latest.id;
+    INSERT INTO tasker_workflow_step_transitions
+        (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
+         created_at, updated_at)
+    VALUES (step_id, target, latest.to_state, coalesce(metadata, '{}'),
+            coalesce((SELECT max(t.sort_key) FROM tasker_workflow_step_transitions AS t
+                       WHERE t.workflow_step_id = step_id), 0) + 1,
+            true, stamp, stamp)
+    RETURNING * INTO written;
+
+    -- The step's flags follow its state: in process exactly while in progress,
+    -- processed once final; each start counts an attempt, and clears the delay the
+    -- previous failure asked for, which that start has honoured.
+    finished := target IN ('complete', 'cancelled', 'resolved_manually');
+    UPDATE tasker_workflow_steps AS s SET
+        in_process = (target = 'in_progress'),
+        processed = finished,
+        processed_at = CASE WHEN finished THEN stamp END,
+        attempts = CASE WHEN target = 'in_progress' THEN coalesce(s.attempts, 0) + 1
+                        ELSE s.attempts END,
+        last_attempted_at = CASE WHEN target = 'in_progress' THEN stamp
+                                 ELSE s.last_attempted_at END,
+        backoff_request_seconds = CASE WHEN target = 'in_progress' THEN NULL
+                                       ELSE s.backoff_request_seconds END,
+        claimed_until = NULL,
+        updated_at = stamp
+    WHERE s.workflow_step_id = step_id;
+
+    RETURN written;
+END;
+$$;
+
 CREATE OR REPLACE FUNCTION claim_ready_steps(
     task_ids bigint[],
     max_steps integer,
@@ -276,9 +357,85 @@ $$;
 COMMENT ON FUNCTION get_task_execution_contexts_batch(bigint[]) IS
     'Execution context (SPEC.md section 4) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules, built on tasker_step_readiness. Cost: the readiness probes of each task''s steps.';
 
-DROP FUNCTION tasker_step_readiness(bigint[], bigint[]);
-ALTER FUNCTION tasker_step_readiness_from_history(bigint[], bigint[])
-    RENAME TO tasker_step_readiness;
+CREATE OR REPLACE FUNCTION tasker_step_readiness(task_ids bigint[], step_ids bigint[])
+RETURNS SETOF tasker_step_readiness_row
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT
+        step.workflow_step_id,
+        step.task_id,
+        step.named_step_id,
+        (SELECT named.name FROM tasker_named_steps AS named
+          WHERE named.named_step_id = step.named_step_id)::text,
+        state.current_state,
+        parents.total = parents.completed,
+        retry.eligible,
+        state.current_state IN ('pending', 'error')
+            AND NOT step.processed
+            AND NOT step.in_process
+            AND parents.total = parents.completed
+            AND retry.eligible
+            AND (gate.next_retry_at IS NULL
+                 OR gate.next_retry_at <= (now() AT TIME ZONE 'UTC')),
+        state.last_failure_at,
+        gate.next_retry_at,
+        parents.total,
+        parents.completed,
+        retry.attempts,
+        retry.retry_limit,
+        step.backoff_request_seconds,
+        step.last_attempted_at
+    FROM tasker_workflow_steps AS step
+    -- Rules 1 and 5: the current transition, if any.
+    LEFT JOIN LATERAL (
+        SELECT transition.to_state, transition.created_at
+        FROM tasker_workflow_step_transitions AS transition
+        WHERE transition.workflow_step_id = step.workflow_step_id AND transition.most_recent
+        LIMIT 1
+    ) AS latest ON true
+    CROSS JOIN LATERAL (
+        SELECT coalesce(latest.to_state, 'pending') AS current_state,
+               CASE WHEN latest.to_state = 'error' THEN latest.created_at END AS last_failure_at
+    ) AS state
+    -- Rule 2: every parent, whichever steps were asked for.
+    CROSS JOIN LATERAL (
+        SELECT count(*)::integer AS total,
+               (count(*) FILTER (
+                   WHERE parent.to_state IN ('complete', 'resolved_manually')))::integer AS completed
+        FROM tasker_workflow_step_edges AS edge
+        LEFT JOIN LATERAL (
+            SELECT transition.to_state
+            FROM tasker_workflow_step_transitions AS transition
+            WHERE transition.workflow_step_id = edge.from_step_id AND transition.most_recent
+            LIMIT 1
+        ) AS parent ON true
+        WHERE edge.to_step_id = step.workflow_step_id
+    ) AS parents
+    -- Rules 3 and 4.
+    CROSS JOIN LATERAL (
+        SELECT coalesce(step.attempts, 0) AS attempts,
+               coalesce(step.retry_limit, 3) AS retry_limit
+    ) AS counted
+    CROSS JOIN LATERAL (
+        SELECT counted.attempts,
+               counted.retry_limit,
+               counted.attempts < counted.retry_limit
+                   AND (step.retryable OR counted.attempts = 0) AS eligible
+    ) AS retry
+    -- Rule 6: greatest() skips a gate that is NULL, and is NULL when both are.
+    CROSS JOIN LATERAL (
+        SELECT greatest(
+                   step.last_attempted_at + step.backoff_request_seconds * interval '1 second',
+                   state.last_failure_at
+                       + least(30, 1 << least(coalesce(step.attempts, 1), 5)) * interval '1 second'
+               ) AS next_retry_at
+    ) AS gate
+    -- Callers pass one array and a NULL. `= ANY (NULL)` matches nothing, so the NULL
+    -- side costs one empty index probe; the other side selects the steps by index.
+    WHERE step.task_id = ANY (tasker_step_readiness.task_ids)
+       OR step.workflow_step_id = ANY (tasker_step_readiness.step_ids)
+$$;
+DROP FUNCTION tasker_step_readiness_from_history(bigint[], bigint[]);
 COMMENT ON FUNCTION tasker_step_readiness(bigint[], bigint[]) IS
     'Readiness rows (SPEC.md section 3) of the steps of task_ids and of the steps step_ids, unordered: the only definition of the readiness rules, which every readiness and context function calls. Index probes only: each step, its current transition, its edges to parents and their current transitions.';
 

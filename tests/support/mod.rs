@@ -342,3 +342,106 @@ pub fn task_transitions(conn: &mut PgConnection, task_id: i64) -> Vec<TaskTransi
         .load(conn)
         .expect("task history")
 }
+
+/// One way in which maintained readiness is wrong, as [`readiness_discrepancies`]
+/// reports it.
+#[derive(Debug, Clone, PartialEq, Eq, diesel::QueryableByName)]
+pub struct Discrepancy {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub task_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub workflow_step_id: Option<i64>,
+    /// `drift`, `maintained only`, `recomputed only` or `row count`.
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub kind: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub detail: String,
+}
+
+/// Everything that disagrees between the maintained readiness and its
+/// recomputation from the history, for the steps of `task_ids` (`None`: of
+/// every task): the rows of `tasker_readiness_drift`, the rows of
+/// `tasker_step_readiness` that `tasker_step_readiness_from_history` does not
+/// return and the other way round (`EXCEPT ALL` both ways), and a row when
+/// `tasker_step_readiness` does not return exactly one row per step.
+///
+/// One statement, so one snapshot and one `now()` whatever the isolation
+/// level, and consistent even while other connections write.
+pub fn readiness_discrepancies(
+    conn: &mut PgConnection,
+    task_ids: Option<&[i64]>,
+) -> QueryResult<Vec<Discrepancy>> {
+    use diesel::sql_types::{Array, BigInt, Nullable};
+    diesel::sql_query(
+        "WITH steps AS (
+             SELECT coalesce(array_agg(s.workflow_step_id), '{}') AS ids, count(*) AS n
+             FROM tasker_workflow_steps AS s
+             WHERE $1::bigint[] IS NULL OR s.task_id = ANY ($1::bigint[])
+         ), maintained AS (
+             SELECT * FROM tasker_step_readiness(NULL, (SELECT ids FROM steps))
+         ), recomputed AS (
+             SELECT * FROM tasker_step_readiness_from_history(NULL, (SELECT ids FROM steps))
+         )
+         SELECT task_id, workflow_step_id, kind, detail FROM (
+             SELECT 0 AS part, d.task_id, d.workflow_step_id, 'drift' AS kind,
+                    format('%s: maintained %s, recomputed %s', d.field,
+                           coalesce(d.maintained, 'NULL'), coalesce(d.recomputed, 'NULL'))
+                        AS detail
+             FROM tasker_readiness_drift($1::bigint[]) AS d
+             UNION ALL
+             SELECT 1, x.task_id, x.workflow_step_id, 'maintained only', row_to_json(x)::text
+             FROM (SELECT * FROM maintained EXCEPT ALL SELECT * FROM recomputed) AS x
+             UNION ALL
+             SELECT 2, x.task_id, x.workflow_step_id, 'recomputed only', row_to_json(x)::text
+             FROM (SELECT * FROM recomputed EXCEPT ALL SELECT * FROM maintained) AS x
+             UNION ALL
+             SELECT 3, NULL, NULL, 'row count',
+                    format('tasker_step_readiness returned %s rows for %s steps',
+                           (SELECT count(*) FROM maintained), steps.n)
+             FROM steps
+             WHERE (SELECT count(*) FROM maintained) <> steps.n
+         ) AS found
+         ORDER BY part = 0 DESC, task_id, workflow_step_id NULLS FIRST, part, detail",
+    )
+    .bind::<Nullable<Array<BigInt>>, _>(task_ids)
+    .load(conn)
+}
+
+/// Ok when the maintained readiness of the steps of `task_ids` (`None`: of
+/// every task) has no drift and equals its recomputation from the history
+/// (see [`readiness_discrepancies`]); else a message listing what is wrong.
+pub fn check_maintained_readiness(
+    conn: &mut PgConnection,
+    task_ids: Option<&[i64]>,
+) -> Result<(), String> {
+    let found = readiness_discrepancies(conn, task_ids)
+        .map_err(|error| format!("checking maintained readiness: {error}"))?;
+    if found.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = found
+        .iter()
+        .map(|d| {
+            let task = d
+                .task_id
+                .map_or_else(|| "-".to_owned(), |id| id.to_string());
+            let step = d
+                .workflow_step_id
+                .map_or_else(|| "-".to_owned(), |id| id.to_string());
+            format!("  task {task} step {step} {}: {}", d.kind, d.detail)
+        })
+        .collect();
+    Err(format!(
+        "maintained readiness disagrees with the history ({} findings):\n{}",
+        found.len(),
+        lines.join("\n")
+    ))
+}
+
+/// Panics with the findings when [`check_maintained_readiness`] finds any.
+#[track_caller]
+pub fn assert_maintained_readiness(conn: &mut PgConnection, task_ids: Option<&[i64]>) {
+    if let Err(message) = check_maintained_readiness(conn, task_ids) {
+        panic!("{message}");
+    }
+}

@@ -363,6 +363,9 @@ fn create_in_transaction(
                 TransitionOptions::default().with_metadata(&metadata),
             )?;
         }
+    }
+    // Edges and bypasses change the steps' maintained readiness columns.
+    if !edges.is_empty() || !bypassed.is_empty() {
         steps = tasker_workflow_steps::table
             .filter(tasker_workflow_steps::task_id.eq(task.task_id))
             .order(tasker_workflow_steps::workflow_step_id)

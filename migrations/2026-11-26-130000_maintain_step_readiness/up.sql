@@ -596,18 +596,17 @@ AS $$
              ELSE 'recovering'
         END::tasker_health_status
     FROM tasker_tasks AS task
+    -- Every task has its counts row (a trigger adds it with the task).
+    JOIN tasker_task_step_counts AS kept ON kept.task_id = task.task_id
     CROSS JOIN LATERAL (
-        SELECT coalesce(max(kept.total_steps), 0) AS total_steps,
-               coalesce(max(kept.pending_steps), 0) AS pending_steps,
-               coalesce(max(kept.in_progress_steps), 0) AS in_progress_steps,
-               coalesce(max(kept.complete_steps + kept.resolved_manually_steps), 0)
-                   AS completed_steps,
-               coalesce(max(kept.failed_steps), 0) AS failed_steps,
-               coalesce(max(kept.cancelled_steps), 0) AS cancelled_steps,
-               coalesce(max(kept.permanently_failed_steps), 0) AS permanently_failed_steps,
-               coalesce(max(kept.runnable_steps), 0) AS runnable_steps
-        FROM tasker_task_step_counts AS kept
-        WHERE kept.task_id = task.task_id
+        SELECT kept.total_steps,
+               kept.pending_steps,
+               kept.in_progress_steps,
+               kept.complete_steps + kept.resolved_manually_steps AS completed_steps,
+               kept.failed_steps,
+               kept.cancelled_steps,
+               kept.permanently_failed_steps,
+               kept.runnable_steps
     ) AS steps
     -- Ready: the runnable steps whose time gate has passed, read from the active-set index
     -- (none when the task has no runnable step).
@@ -760,13 +759,39 @@ BEGIN
                                          WHERE n.named_step_id = step.named_step_id)));
     END IF;
 
-    -- One statement, so the triggers that keep the step's state run once, at its end,
-    -- and never see the step without a current transition (pending) in between: the
-    -- step's children are then locked before its task's counts, as everywhere else.
+    -- One statement writes the history and the step's flags and state, so the triggers
+    -- that keep readiness run once, at its end, on the final rows: the step's children
+    -- (when its completion changes) and then its task's counts are updated once, never
+    -- through a passing state in between (the old transition cleared, the new one not yet
+    -- written), which would also lock the counts before the children.
+    --
+    -- The step's flags follow its state: in process exactly while in progress,
+    -- processed once final; each start counts an attempt, and clears the delay the
+    -- previous failure asked for, which that start has honoured. current_state and
+    -- last_failure_at are what the transitions trigger derives from the new transition
+    -- (it checks them, and finds nothing to change).
+    finished := target IN ('complete', 'cancelled', 'resolved_manually');
     WITH cleared AS (
         UPDATE tasker_workflow_step_transitions AS t SET most_recent = false
         WHERE t.id = latest.id
         RETURNING t.id
+    ), flagged AS (
+        UPDATE tasker_workflow_steps AS s SET
+            in_process = (target = 'in_progress'),
+            processed = finished,
+            processed_at = CASE WHEN finished THEN stamp END,
+            attempts = CASE WHEN target = 'in_progress' THEN coalesce(s.attempts, 0) + 1
+                            ELSE s.attempts END,
+            last_attempted_at = CASE WHEN target = 'in_progress' THEN stamp
+                                     ELSE s.last_attempted_at END,
+            backoff_request_seconds = CASE WHEN target = 'in_progress' THEN NULL
+                                           ELSE s.backoff_request_seconds END,
+            claimed_until = NULL,
+            current_state = target,
+            last_failure_at = CASE WHEN target = 'error' THEN stamp END,
+            updated_at = stamp
+        WHERE s.workflow_step_id = step_id
+        RETURNING s.workflow_step_id
     )
     INSERT INTO tasker_workflow_step_transitions
         (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
@@ -775,28 +800,10 @@ BEGIN
            coalesce((SELECT max(t.sort_key) FROM tasker_workflow_step_transitions AS t
                       WHERE t.workflow_step_id = step_id), 0) + 1,
            true, stamp, stamp
-    -- Reading the CTE makes the old row lose most_recent before the new one is inserted
-    -- (the unique index allows one current transition per step).
-    FROM (SELECT count(*) FROM cleared) AS done
+    -- Reading the CTEs runs them first: the old row loses most_recent before the new
+    -- one is inserted (the unique index allows one current transition per step).
+    FROM (SELECT count(*) FROM cleared) AS old_one, (SELECT count(*) FROM flagged) AS step
     RETURNING * INTO written;
-
-    -- The step's flags follow its state: in process exactly while in progress,
-    -- processed once final; each start counts an attempt, and clears the delay the
-    -- previous failure asked for, which that start has honoured.
-    finished := target IN ('complete', 'cancelled', 'resolved_manually');
-    UPDATE tasker_workflow_steps AS s SET
-        in_process = (target = 'in_progress'),
-        processed = finished,
-        processed_at = CASE WHEN finished THEN stamp END,
-        attempts = CASE WHEN target = 'in_progress' THEN coalesce(s.attempts, 0) + 1
-                        ELSE s.attempts END,
-        last_attempted_at = CASE WHEN target = 'in_progress' THEN stamp
-                                 ELSE s.last_attempted_at END,
-        backoff_request_seconds = CASE WHEN target = 'in_progress' THEN NULL
-                                       ELSE s.backoff_request_seconds END,
-        claimed_until = NULL,
-        updated_at = stamp
-    WHERE s.workflow_step_id = step_id;
 
     RETURN written;
 END;

@@ -14,12 +14,14 @@
 --   tasker_task_step_counts                                 <- steps triggers (deltas)
 --
 -- Locks. Children are locked in step id order before they are updated, and a task's
--- counts row only after its steps, so writers of one task queue in one order.
--- Concurrent completions of parents of one child (fan-in) each update that child's
--- counter, so they queue on it until each commits.
+-- counts row only after its steps, so writers of one task queue in one order. Every
+-- state change of a task's steps updates that task's counts row, so they take turns on
+-- it until each commits; so do concurrent completions of parents of one child (fan-in)
+-- on the child's row.
 --
 -- The recompute-from-history readiness stays as tasker_step_readiness_from_history:
--- the oracle of the tests and of tasker_readiness_drift, and what explains a step.
+-- the oracle of the tests, and what explains a step. tasker_readiness_drift checks the
+-- kept columns against the transitions and edges directly.
 
 -- Rules on a step's own columns, written once -------------------------------------
 --

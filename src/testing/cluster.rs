@@ -2,12 +2,14 @@
 //! pieces it is made of ([`PgBinaries`], [`SupervisedServer`]), which
 //! [`ReplicatedCluster`](super::ReplicatedCluster) reuses for its standby.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -413,7 +415,21 @@ fn remove_dir(dir: &Path) {
     let _ = fs::remove_dir_all(dir);
 }
 
-/// A TCP port of 127.0.0.1 that was free a moment ago.
+/// A TCP port of 127.0.0.1 that was free a moment ago and that this process
+/// has not handed out before. The kernel may hand a released port out again
+/// at once, so two clusters starting side by side could otherwise be given
+/// the same one: the second server then fails to bind, and its readiness
+/// probe reaches the first (once a standby, which refused `CREATE DATABASE`).
 fn free_port() -> io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port)
+        {
+            return Ok(port);
+        }
+    }
 }

@@ -663,7 +663,7 @@ diesel::table! {
         retry_eligible -> Bool,
         /// Generated: the earliest time the step may run again (tasker_step_next_retry_at), NULL when no gate applies.
         next_retry_at -> Nullable<Timestamp>,
-        /// Generated: ready for execution except for the time gate: pending or error, not processed, not in process, every parent completed, retry eligible. Ready = runnable and next_retry_at NULL or past.
+        /// Generated: tasker_step_runnable of the step, ready for execution except for the time gate. Ready = runnable and next_retry_at NULL or past.
         runnable -> Bool,
     }
 }

@@ -477,4 +477,5 @@ CREATE INDEX tasker_workflow_steps_claimable_idx
     WHERE NOT processed AND NOT in_process;
 
 DROP FUNCTION tasker_step_next_retry_at(integer, timestamp, integer, timestamp);
+DROP FUNCTION tasker_step_runnable(tasker_step_state, boolean, boolean, integer, integer, integer, integer, boolean);
 DROP FUNCTION tasker_step_retry_eligible(integer, integer, boolean);

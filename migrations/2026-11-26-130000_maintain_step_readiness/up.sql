@@ -56,6 +56,28 @@ $$;
 COMMENT ON FUNCTION tasker_step_next_retry_at(integer, timestamp, integer, timestamp) IS
     'Rule 6 of readiness: the later of the requested backoff (last_attempted_at + backoff_request_seconds) and the failure backoff (last_failure_at + min(2^attempts, 30) s, NULL attempts as 1), NULL when neither applies.';
 
+CREATE FUNCTION tasker_step_runnable(
+    current_state tasker_step_state,
+    processed boolean,
+    in_process boolean,
+    total_parents integer,
+    completed_parents integer,
+    attempts integer,
+    retry_limit integer,
+    retryable boolean
+)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT current_state IN ('pending', 'error')
+       AND NOT processed
+       AND NOT in_process
+       AND completed_parents = total_parents
+       AND tasker_step_retry_eligible(attempts, retry_limit, retryable)
+$$;
+COMMENT ON FUNCTION tasker_step_runnable(tasker_step_state, boolean, boolean, integer, integer, integer, integer, boolean) IS
+    'Rule 7 of readiness without its time gate: pending or error, not processed, not in process, every parent completed, retry eligible. A step is ready when it is runnable and tasker_step_next_retry_at is NULL or past.';
+
 -- Maintained columns ------------------------------------------------------------------
 
 ALTER TABLE tasker_workflow_steps
@@ -69,12 +91,9 @@ ALTER TABLE tasker_workflow_steps
         GENERATED ALWAYS AS (tasker_step_next_retry_at(
             attempts, last_attempted_at, backoff_request_seconds, last_failure_at)) STORED,
     ADD COLUMN runnable boolean NOT NULL
-        GENERATED ALWAYS AS (
-            current_state IN ('pending', 'error')
-            AND NOT processed
-            AND NOT in_process
-            AND completed_parents = total_parents
-            AND tasker_step_retry_eligible(attempts, retry_limit, retryable)) STORED;
+        GENERATED ALWAYS AS (tasker_step_runnable(
+            current_state, processed, in_process, total_parents, completed_parents,
+            attempts, retry_limit, retryable)) STORED;
 COMMENT ON COLUMN tasker_workflow_steps.current_state IS
     'Maintained by trigger: to_state of the step''s most recent transition, else pending.';
 COMMENT ON COLUMN tasker_workflow_steps.last_failure_at IS
@@ -88,7 +107,7 @@ COMMENT ON COLUMN tasker_workflow_steps.retry_eligible IS
 COMMENT ON COLUMN tasker_workflow_steps.next_retry_at IS
     'Generated: the earliest time the step may run again (tasker_step_next_retry_at), NULL when no gate applies.';
 COMMENT ON COLUMN tasker_workflow_steps.runnable IS
-    'Generated: ready for execution except for the time gate: pending or error, not processed, not in process, every parent completed, retry eligible. Ready = runnable and next_retry_at NULL or past.';
+    'Generated: tasker_step_runnable of the step, ready for execution except for the time gate. Ready = runnable and next_retry_at NULL or past.';
 
 -- The active set: steps that are ready or will be once their backoff passes. Ordered as
 -- claims take them; the third key lets a scan skip steps still in backoff inside the index.
@@ -449,82 +468,51 @@ COMMENT ON FUNCTION tasker_tasks_inserted() IS
 
 -- Readiness and context read the maintained state --------------------------------------
 
--- The recompute-from-history form of the previous migration, under a name of its own.
+-- Readiness recomputed from the history, as the previous migration computed it.
 CREATE FUNCTION tasker_step_readiness_from_history(task_ids bigint[], step_ids bigint[])
 RETURNS SETOF tasker_step_readiness_row
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
+    -- The rules are the functions the maintained columns use; what differs is where
+    -- the state and the parents' states come from: the transitions, read here.
     SELECT
         step.workflow_step_id,
         step.task_id,
         step.named_step_id,
         (SELECT named.name FROM tasker_named_steps AS named
           WHERE named.named_step_id = step.named_step_id)::text,
-        state.current_state,
+        history.current_state,
         parents.total = parents.completed,
-        retry.eligible,
-        state.current_state IN ('pending', 'error')
-            AND NOT step.processed
-            AND NOT step.in_process
-            AND parents.total = parents.completed
-            AND retry.eligible
-            AND (gate.next_retry_at IS NULL
-                 OR gate.next_retry_at <= (now() AT TIME ZONE 'UTC')),
-        state.last_failure_at,
+        tasker_step_retry_eligible(step.attempts, step.retry_limit, step.retryable),
+        tasker_step_runnable(history.current_state, step.processed, step.in_process,
+                             parents.total, parents.completed,
+                             step.attempts, step.retry_limit, step.retryable)
+            AND coalesce(gate.next_retry_at, '-infinity'::timestamp) <= (now() AT TIME ZONE 'UTC'),
+        history.last_failure_at,
         gate.next_retry_at,
         parents.total,
         parents.completed,
-        retry.attempts,
-        retry.retry_limit,
+        coalesce(step.attempts, 0),
+        coalesce(step.retry_limit, 3),
         step.backoff_request_seconds,
         step.last_attempted_at
     FROM tasker_workflow_steps AS step
-    -- Rules 1 and 5: the current transition, if any.
-    LEFT JOIN LATERAL (
-        SELECT transition.to_state, transition.created_at
-        FROM tasker_workflow_step_transitions AS transition
-        WHERE transition.workflow_step_id = step.workflow_step_id AND transition.most_recent
-        LIMIT 1
-    ) AS latest ON true
-    CROSS JOIN LATERAL (
-        SELECT coalesce(latest.to_state, 'pending') AS current_state,
-               CASE WHEN latest.to_state = 'error' THEN latest.created_at END AS last_failure_at
-    ) AS state
-    -- Rule 2: every parent, whichever steps were asked for.
+    CROSS JOIN LATERAL tasker_step_state_from_history(step.workflow_step_id) AS history
+    -- Every parent, whichever steps were asked for, with its state from its history.
     CROSS JOIN LATERAL (
         SELECT count(*)::integer AS total,
                (count(*) FILTER (
-                   WHERE parent.to_state IN ('complete', 'resolved_manually')))::integer AS completed
+                   WHERE parent.current_state IN ('complete', 'resolved_manually')))::integer
+                   AS completed
         FROM tasker_workflow_step_edges AS edge
-        LEFT JOIN LATERAL (
-            SELECT transition.to_state
-            FROM tasker_workflow_step_transitions AS transition
-            WHERE transition.workflow_step_id = edge.from_step_id AND transition.most_recent
-            LIMIT 1
-        ) AS parent ON true
+        CROSS JOIN LATERAL tasker_step_state_from_history(edge.from_step_id) AS parent
         WHERE edge.to_step_id = step.workflow_step_id
     ) AS parents
-    -- Rules 3 and 4.
     CROSS JOIN LATERAL (
-        SELECT coalesce(step.attempts, 0) AS attempts,
-               coalesce(step.retry_limit, 3) AS retry_limit
-    ) AS counted
-    CROSS JOIN LATERAL (
-        SELECT counted.attempts,
-               counted.retry_limit,
-               counted.attempts < counted.retry_limit
-                   AND (step.retryable OR counted.attempts = 0) AS eligible
-    ) AS retry
-    -- Rule 6: greatest() skips a gate that is NULL, and is NULL when both are.
-    CROSS JOIN LATERAL (
-        SELECT greatest(
-                   step.last_attempted_at + step.backoff_request_seconds * interval '1 second',
-                   state.last_failure_at
-                       + least(30, 1 << least(coalesce(step.attempts, 1), 5)) * interval '1 second'
-               ) AS next_retry_at
+        SELECT tasker_step_next_retry_at(step.attempts, step.last_attempted_at,
+                                         step.backoff_request_seconds,
+                                         history.last_failure_at) AS next_retry_at
     ) AS gate
-    -- Callers pass one array and a NULL. `= ANY (NULL)` matches nothing, so the NULL
-    -- side costs one empty index probe; the other side selects the steps by index.
     WHERE step.task_id = ANY (tasker_step_readiness_from_history.task_ids)
        OR step.workflow_step_id = ANY (tasker_step_readiness_from_history.step_ids)
 $$;

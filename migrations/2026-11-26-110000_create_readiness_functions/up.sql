@@ -279,27 +279,28 @@ CREATE FUNCTION calculate_dependency_levels(task_id bigint)
 RETURNS TABLE (workflow_step_id bigint, dependency_level integer)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    -- UNION (not UNION ALL) keeps one row per (step, level), so the walk is bounded by
-    -- steps times depth rather than by the number of paths, which grows exponentially.
-    WITH RECURSIVE walk (step_id, level) AS (
-        SELECT root.workflow_step_id, 0
-        FROM tasker_workflow_steps AS root
-        WHERE root.task_id = calculate_dependency_levels.task_id
-          AND NOT EXISTS (
-              SELECT FROM tasker_workflow_step_edges AS edge
-              WHERE edge.to_step_id = root.workflow_step_id)
-        UNION
-        SELECT edge.to_step_id, walk.level + 1
-        FROM walk
-        JOIN tasker_workflow_step_edges AS edge ON edge.from_step_id = walk.step_id
-    )
-    SELECT walk.step_id, max(walk.level)
-    FROM walk
-    GROUP BY walk.step_id
-    ORDER BY max(walk.level), walk.step_id
+    -- One topological pass over the task's steps and edges. Every edge from a step of
+    -- the task leads to a step of the task, and the graph is acyclic (both checked when
+    -- edges are written), so every step gets its level.
+    SELECT level.workflow_step_id, level.dependency_level
+    FROM tasker_topological_levels(
+        ARRAY(SELECT step.workflow_step_id FROM tasker_workflow_steps AS step
+              WHERE step.task_id = calculate_dependency_levels.task_id),
+        ARRAY(SELECT edge.from_step_id
+              FROM tasker_workflow_steps AS step
+              JOIN tasker_workflow_step_edges AS edge ON edge.from_step_id = step.workflow_step_id
+              WHERE step.task_id = calculate_dependency_levels.task_id
+              ORDER BY edge.from_step_id, edge.to_step_id),
+        ARRAY(SELECT edge.to_step_id
+              FROM tasker_workflow_steps AS step
+              JOIN tasker_workflow_step_edges AS edge ON edge.from_step_id = step.workflow_step_id
+              WHERE step.task_id = calculate_dependency_levels.task_id
+              ORDER BY edge.from_step_id, edge.to_step_id)) AS level
+    WHERE level.dependency_level IS NOT NULL
+    ORDER BY level.dependency_level, level.workflow_step_id
 $$;
 COMMENT ON FUNCTION calculate_dependency_levels(bigint) IS
-    'Each step of the task with its longest distance from a root (roots are level 0), ordered by level then step id. No rows for an unknown task.';
+    'Each step of the task with its longest distance from a root (roots are level 0), ordered by level then step id. No rows for an unknown task. One topological pass: O(steps + edges).';
 
 CREATE FUNCTION get_system_health_counts()
 RETURNS TABLE (

@@ -442,7 +442,7 @@ COMMENT ON FUNCTION tasker_step_readiness(bigint[], bigint[]) IS
 DROP TRIGGER tasker_tasks_count_insert ON tasker_tasks;
 DROP FUNCTION tasker_tasks_inserted();
 DROP TRIGGER tasker_workflow_steps_maintain_update ON tasker_workflow_steps;
-DROP FUNCTION tasker_step_changed();
+DROP FUNCTION tasker_steps_updated();
 DROP TRIGGER tasker_workflow_steps_count_insert ON tasker_workflow_steps;
 DROP TRIGGER tasker_workflow_steps_count_delete ON tasker_workflow_steps;
 DROP FUNCTION tasker_steps_inserted_or_deleted();
@@ -459,6 +459,7 @@ DROP FUNCTION tasker_step_transitions_changed();
 DROP FUNCTION tasker_refresh_step_states(bigint[]);
 DROP FUNCTION tasker_step_parent_counts(bigint);
 DROP FUNCTION tasker_step_state_from_history(bigint);
+DROP FUNCTION tasker_step_state_after(tasker_step_state, timestamp);
 DROP FUNCTION tasker_task_step_recount(bigint);
 DROP FUNCTION tasker_step_buckets(tasker_step_state, boolean, boolean);
 DROP TABLE tasker_task_step_counts;

@@ -182,13 +182,22 @@ $$;
 COMMENT ON FUNCTION tasker_task_step_recount(bigint) IS
     'What the tasker_task_step_counts row of a task should hold, counted from the maintained state of its steps.';
 
+-- Rules 1 and 5: a step's state follows its current transition (NULL: none).
+CREATE FUNCTION tasker_step_state_after(to_state tasker_step_state, created_at timestamp)
+RETURNS TABLE (current_state tasker_step_state, last_failure_at timestamp)
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT coalesce(to_state, 'pending'), CASE WHEN to_state = 'error' THEN created_at END
+$$;
+COMMENT ON FUNCTION tasker_step_state_after(tasker_step_state, timestamp) IS
+    'A step''s current_state and last_failure_at given the to_state and created_at of its most recent transition (both NULL when it has none): that to_state, else pending; and created_at when it is to error, else NULL.';
+
 -- Rules 1 and 5, from the history.
 CREATE FUNCTION tasker_step_state_from_history(workflow_step_id bigint)
 RETURNS TABLE (current_state tasker_step_state, last_failure_at timestamp)
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT coalesce(latest.to_state, 'pending'),
-           CASE WHEN latest.to_state = 'error' THEN latest.created_at END
+    SELECT state.current_state, state.last_failure_at
     FROM (SELECT) AS one
     LEFT JOIN LATERAL (
         SELECT transition.to_state, transition.created_at
@@ -197,6 +206,7 @@ AS $$
           AND transition.most_recent
         LIMIT 1
     ) AS latest ON true
+    CROSS JOIN LATERAL tasker_step_state_after(latest.to_state, latest.created_at) AS state
 $$;
 COMMENT ON FUNCTION tasker_step_state_from_history(bigint) IS
     'A step''s current state (to_state of its most recent transition, else pending) and last_failure_at (created_at of that transition when it is to error), read from the transitions.';
@@ -232,14 +242,13 @@ BEGIN
     WHERE s.workflow_step_id = ANY (step_ids)
     ORDER BY s.workflow_step_id
     FOR NO KEY UPDATE;
-    -- Both sides of the join are selected by id, so the plan probes the primary key.
+    -- A probe of the primary key per id (a filter `= ANY (step_ids)` on each row
+    -- would cost ids times rows).
     UPDATE tasker_workflow_steps AS s
     SET current_state = fresh.current_state, last_failure_at = fresh.last_failure_at
-    FROM tasker_workflow_steps AS changed
+    FROM unnest(step_ids) AS changed (workflow_step_id)
     CROSS JOIN LATERAL tasker_step_state_from_history(changed.workflow_step_id) AS fresh
-    WHERE changed.workflow_step_id = ANY (step_ids)
-      AND s.workflow_step_id = ANY (step_ids)
-      AND s.workflow_step_id = changed.workflow_step_id
+    WHERE s.workflow_step_id = changed.workflow_step_id
       AND (s.current_state, s.last_failure_at)
           IS DISTINCT FROM (fresh.current_state, fresh.last_failure_at);
 END;
@@ -253,25 +262,58 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    step_ids bigint[];
+    current_ids bigint[];
+    current_states tasker_step_state[];
+    current_times timestamp[];
+    reread bigint[];
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(DISTINCT n.workflow_step_id) INTO step_ids FROM changed_rows AS n;
-    ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(DISTINCT o.workflow_step_id) INTO step_ids FROM old_rows AS o;
-    ELSE
-        SELECT array_agg(DISTINCT id) INTO step_ids FROM (
-            SELECT n.workflow_step_id FROM changed_rows AS n
-            UNION ALL
-            SELECT o.workflow_step_id FROM old_rows AS o
-        ) AS both_sides (id);
+    -- A step's state follows its current (most_recent) transition, and a step has at
+    -- most one. So a statement that writes a current transition tells the new state
+    -- itself; the history is read (one index probe) only for a step whose current
+    -- transition this statement took away without writing another.
+    IF TG_OP <> 'DELETE' THEN
+        SELECT array_agg(n.workflow_step_id), array_agg(n.to_state), array_agg(n.created_at)
+        INTO current_ids, current_states, current_times
+        FROM changed_rows AS n
+        WHERE n.most_recent;
     END IF;
-    PERFORM tasker_refresh_step_states(step_ids);
+    IF TG_OP = 'DELETE' THEN
+        SELECT array_agg(DISTINCT o.workflow_step_id) INTO reread
+        FROM old_rows AS o
+        WHERE o.most_recent;
+    ELSIF TG_OP = 'UPDATE' THEN
+        SELECT array_agg(lost.workflow_step_id) INTO reread FROM (
+            SELECT o.workflow_step_id FROM old_rows AS o WHERE o.most_recent
+            EXCEPT
+            SELECT n.workflow_step_id FROM changed_rows AS n WHERE n.most_recent
+        ) AS lost;
+    END IF;
+    IF current_ids IS NULL AND reread IS NULL THEN
+        RETURN NULL;
+    END IF;
+
+    PERFORM FROM tasker_workflow_steps AS s
+    WHERE s.workflow_step_id = ANY (current_ids) OR s.workflow_step_id = ANY (reread)
+    ORDER BY s.workflow_step_id
+    FOR NO KEY UPDATE;
+    -- Rows already right are not written: this crate's transitions set the state in
+    -- the statement that writes the history.
+    UPDATE tasker_workflow_steps AS s
+    SET current_state = fresh.current_state, last_failure_at = fresh.last_failure_at
+    FROM unnest(current_ids, current_states, current_times)
+             AS written (workflow_step_id, to_state, created_at)
+    CROSS JOIN LATERAL tasker_step_state_after(written.to_state, written.created_at) AS fresh
+    WHERE s.workflow_step_id = written.workflow_step_id
+      AND (s.current_state, s.last_failure_at)
+          IS DISTINCT FROM (fresh.current_state, fresh.last_failure_at);
+    IF reread IS NOT NULL THEN
+        PERFORM tasker_refresh_step_states(reread);
+    END IF;
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION tasker_step_transitions_changed() IS
-    'Trigger: after a statement writes step transitions, refreshes the maintained state of the steps they belong to.';
+    'Trigger: after a statement writes step transitions, sets the maintained state of the steps whose current transition it wrote, and refreshes from the history the steps whose current transition it removed without writing another. Locks those steps in id order.';
 
 
 -- Recounts the parents of the given steps, locking them in id order first (so the
@@ -288,11 +330,9 @@ BEGIN
     FOR NO KEY UPDATE;
     UPDATE tasker_workflow_steps AS s
     SET total_parents = fresh.total_parents, completed_parents = fresh.completed_parents
-    FROM tasker_workflow_steps AS changed
+    FROM unnest(step_ids) AS changed (workflow_step_id)
     CROSS JOIN LATERAL tasker_step_parent_counts(changed.workflow_step_id) AS fresh
-    WHERE changed.workflow_step_id = ANY (step_ids)
-      AND s.workflow_step_id = ANY (step_ids)
-      AND s.workflow_step_id = changed.workflow_step_id
+    WHERE s.workflow_step_id = changed.workflow_step_id
       AND (s.total_parents, s.completed_parents)
           IS DISTINCT FROM (fresh.total_parents, fresh.completed_parents);
 END;
@@ -308,21 +348,10 @@ AS $$
 DECLARE
     step_ids bigint[];
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(DISTINCT n.to_step_id) INTO step_ids FROM changed_rows AS n;
-    ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(DISTINCT o.to_step_id) INTO step_ids FROM old_rows AS o;
-    ELSE
-        SELECT array_agg(DISTINCT id) INTO step_ids FROM (
-            SELECT n.to_step_id FROM changed_rows AS n
-            UNION ALL
-            SELECT o.to_step_id FROM old_rows AS o
-        ) AS both_sides (id);
-    END IF;
     -- The parents of the edges first (FOR SHARE: a parent changing state holds FOR NO
-    -- KEY UPDATE), so a parent's state change in flight commits before the recount,
-    -- which then sees it; one that starts later finds the edge. Parents before children,
-    -- as a parent's own state change locks them.
+    -- KEY UPDATE), so a parent's state change in flight commits before its state is
+    -- read here; one that starts later finds the edge. Parents before children, as a
+    -- parent's own state change locks them.
     IF TG_OP = 'DELETE' THEN
         PERFORM FROM tasker_workflow_steps AS s
         WHERE s.workflow_step_id IN (SELECT o.from_step_id FROM old_rows AS o)
@@ -334,12 +363,47 @@ BEGIN
         ORDER BY s.workflow_step_id
         FOR SHARE;
     END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        -- New edges only add parents: count them in, with those already completed.
+        PERFORM FROM tasker_workflow_steps AS s
+        WHERE s.workflow_step_id IN (SELECT n.to_step_id FROM changed_rows AS n)
+        ORDER BY s.workflow_step_id
+        FOR NO KEY UPDATE;
+        UPDATE tasker_workflow_steps AS s
+        SET total_parents = s.total_parents + added.total,
+            completed_parents = s.completed_parents + added.completed
+        FROM (
+            SELECT n.to_step_id,
+                   count(*)::integer AS total,
+                   (count(*) FILTER (
+                       WHERE parent.current_state IN ('complete', 'resolved_manually')))::integer
+                       AS completed
+            FROM changed_rows AS n
+            JOIN tasker_workflow_steps AS parent ON parent.workflow_step_id = n.from_step_id
+            GROUP BY n.to_step_id
+        ) AS added
+        WHERE s.workflow_step_id = added.to_step_id;
+        RETURN NULL;
+    END IF;
+
+    -- An edge that is deleted or moved may go with its parent (a cascade from deleting
+    -- the step), whose state can no longer be read: recount the children it leaves.
+    IF TG_OP = 'DELETE' THEN
+        SELECT array_agg(DISTINCT o.to_step_id) INTO step_ids FROM old_rows AS o;
+    ELSE
+        SELECT array_agg(DISTINCT id) INTO step_ids FROM (
+            SELECT n.to_step_id FROM changed_rows AS n
+            UNION ALL
+            SELECT o.to_step_id FROM old_rows AS o
+        ) AS both_sides (id);
+    END IF;
     PERFORM tasker_refresh_parent_counts(step_ids);
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION tasker_step_edges_changed() IS
-    'Trigger: after a statement writes step edges, recounts the parents of the steps they lead to.';
+    'Trigger: after a statement inserts step edges, adds them to the parent counts of the steps they lead to; after one updates or deletes edges, recounts the parents of the steps they led or lead to.';
 
 
 -- Adds sign times each step's buckets to its task's counts, locking the rows in task
@@ -387,7 +451,9 @@ BEGIN
             step.current_state, step.retry_eligible, step.runnable) AS b
         GROUP BY step.task_id
     ) AS delta
-    WHERE c.task_id = ANY (task_ids) AND c.task_id = delta.task_id;
+    -- A probe of the primary key per task in delta (a filter `= ANY (task_ids)` on
+    -- each row would cost tasks times rows).
+    WHERE c.task_id = delta.task_id;
 END;
 $$;
 COMMENT ON FUNCTION tasker_add_step_counts(bigint[], integer[], tasker_step_state[], boolean[], boolean[]) IS
@@ -417,39 +483,64 @@ COMMENT ON FUNCTION tasker_steps_inserted_or_deleted() IS
     'Trigger: counts inserted steps into their tasks'' tasker_task_step_counts, or deleted steps out of them.';
 
 
-CREATE FUNCTION tasker_step_changed()
+CREATE FUNCTION tasker_steps_updated()
 RETURNS trigger
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    was_done CONSTANT boolean := OLD.current_state IN ('complete', 'resolved_manually');
-    is_done CONSTANT boolean := NEW.current_state IN ('complete', 'resolved_manually');
-    children bigint[];
+    moved_ids bigint[];
+    moved_signs integer[];
+    counted record;
 BEGIN
-    IF was_done <> is_done THEN
-        SELECT array_agg(child.workflow_step_id ORDER BY child.workflow_step_id) INTO children
-        FROM (
-            SELECT s.workflow_step_id FROM tasker_workflow_steps AS s
-            WHERE s.workflow_step_id IN (SELECT e.to_step_id FROM tasker_workflow_step_edges AS e
-                                          WHERE e.from_step_id = NEW.workflow_step_id)
-            ORDER BY s.workflow_step_id
-            FOR NO KEY UPDATE
-        ) AS child;
+    -- Steps that became, or stopped being, complete or resolved_manually.
+    SELECT array_agg(n.workflow_step_id),
+           array_agg(CASE WHEN n.current_state IN ('complete', 'resolved_manually')
+                          THEN 1 ELSE -1 END)
+    INTO moved_ids, moved_signs
+    FROM old_rows AS o
+    JOIN changed_rows AS n ON n.workflow_step_id = o.workflow_step_id
+    WHERE (o.current_state IN ('complete', 'resolved_manually'))
+          <> (n.current_state IN ('complete', 'resolved_manually'));
+    IF moved_ids IS NOT NULL THEN
+        PERFORM FROM tasker_workflow_steps AS s
+        WHERE s.workflow_step_id IN (SELECT e.to_step_id FROM tasker_workflow_step_edges AS e
+                                      WHERE e.from_step_id = ANY (moved_ids))
+        ORDER BY s.workflow_step_id
+        FOR NO KEY UPDATE;
         UPDATE tasker_workflow_steps AS s
-        SET completed_parents = s.completed_parents + CASE WHEN is_done THEN 1 ELSE -1 END
-        WHERE s.workflow_step_id = ANY (children);
+        SET completed_parents = s.completed_parents + change.delta
+        FROM (
+            SELECT e.to_step_id, sum(moved.sign)::integer AS delta
+            FROM unnest(moved_ids, moved_signs) AS moved (workflow_step_id, sign)
+            JOIN tasker_workflow_step_edges AS e ON e.from_step_id = moved.workflow_step_id
+            GROUP BY e.to_step_id
+        ) AS change
+        WHERE s.workflow_step_id = change.to_step_id AND change.delta <> 0;
     END IF;
-    PERFORM tasker_add_step_counts(
-        ARRAY[OLD.task_id, NEW.task_id], ARRAY[-1, 1],
-        ARRAY[OLD.current_state, NEW.current_state],
-        ARRAY[OLD.retry_eligible, NEW.retry_eligible],
-        ARRAY[OLD.runnable, NEW.runnable]);
+
+    -- Each step that changed buckets leaves its old ones (-1) and joins its new ones (+1).
+    SELECT array_agg(side.task_id) AS task_ids, array_agg(side.sign) AS signs,
+           array_agg(side.current_state) AS states, array_agg(side.retry_eligible) AS eligible,
+           array_agg(side.runnable) AS runnable
+    INTO counted
+    FROM old_rows AS o
+    JOIN changed_rows AS n ON n.workflow_step_id = o.workflow_step_id
+    CROSS JOIN LATERAL (VALUES
+        (o.task_id, -1, o.current_state, o.retry_eligible, o.runnable),
+        (n.task_id, 1, n.current_state, n.retry_eligible, n.runnable)
+    ) AS side (task_id, sign, current_state, retry_eligible, runnable)
+    WHERE (o.current_state, o.retry_eligible, o.runnable)
+          IS DISTINCT FROM (n.current_state, n.retry_eligible, n.runnable);
+    IF counted.task_ids IS NOT NULL THEN
+        PERFORM tasker_add_step_counts(counted.task_ids, counted.signs, counted.states,
+                                       counted.eligible, counted.runnable);
+    END IF;
     RETURN NULL;
 END;
 $$;
-COMMENT ON FUNCTION tasker_step_changed() IS
-    'Trigger: when a step''s current_state, retry_eligible or runnable changes, moves it between the buckets of its task''s counts, and when it becomes (or stops being) complete or resolved_manually, adds one to (or takes one from) completed_parents of each child, locking the children in id order.';
+COMMENT ON FUNCTION tasker_steps_updated() IS
+    'Trigger: after a statement updates steps, moves those whose current_state, retry_eligible or runnable changed between the buckets of their tasks'' counts, and for each that became (or stopped being) complete or resolved_manually adds one to (or takes one from) completed_parents of each child, locking the children in id order first.';
 
 
 CREATE FUNCTION tasker_tasks_inserted()
@@ -1081,11 +1172,8 @@ CREATE TRIGGER tasker_workflow_steps_count_delete
 
 CREATE TRIGGER tasker_workflow_steps_maintain_update
     AFTER UPDATE ON tasker_workflow_steps
-    FOR EACH ROW
-    WHEN (OLD.current_state IS DISTINCT FROM NEW.current_state
-          OR OLD.retry_eligible IS DISTINCT FROM NEW.retry_eligible
-          OR OLD.runnable IS DISTINCT FROM NEW.runnable)
-    EXECUTE FUNCTION tasker_step_changed();
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_steps_updated();
 
 CREATE TRIGGER tasker_tasks_count_insert
     AFTER INSERT ON tasker_tasks

@@ -33,6 +33,15 @@ pub enum Error {
     /// A task template that cannot be built; nothing was written.
     #[error("invalid task template: {0}")]
     InvalidTemplate(#[from] TemplateError),
+    /// A request of a batch (at `index`) that cannot be built; nothing of the
+    /// batch was written.
+    #[error("invalid task request {index} of the batch: {error}")]
+    InvalidRequest {
+        /// The request's position in the batch.
+        index: usize,
+        #[source]
+        error: TemplateError,
+    },
     /// The write path refused the change; nothing was written.
     #[error(transparent)]
     Refused(#[from] Refusal),

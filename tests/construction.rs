@@ -13,7 +13,8 @@ use tasker_diesel::models::*;
 use tasker_diesel::schema::*;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
-    create_task, CreatedTask, StepTemplate, TaskRequest, TaskTemplate, TemplateError, TemplateField,
+    create_task, create_tasks, CreatedTask, StepTemplate, TaskRequest, TaskTemplate, TemplateError,
+    TemplateField,
 };
 use tasker_diesel::{Error, IntegrityRule, StepReadinessStatus, StepState};
 
@@ -832,4 +833,327 @@ fn a_creator_blocked_by_an_uncommitted_creation_returns_that_task() {
     assert_eq!(counts["tasker_tasks"], 2);
     assert_eq!(counts["tasker_workflow_steps"], 8);
     assert_eq!(counts["tasker_named_steps"], 4);
+}
+
+/// a -> b -> ... : `length` steps, each depending on the one before.
+fn chain(name: &str, length: usize) -> TaskTemplate {
+    let mut template = TaskTemplate::new("batch", name, "1.0.0");
+    for index in 0..length {
+        let mut step = StepTemplate::new(format!("s{index}"));
+        if index > 0 {
+            step = step.depends_on([format!("s{}", index - 1)]);
+        }
+        template = template.step(step);
+    }
+    template
+}
+
+fn ready_step_names(conn: &mut PgConnection, created: &CreatedTask) -> BTreeSet<String> {
+    StepReadinessStatus::for_task(created.task.task_id)
+        .load(conn)
+        .unwrap()
+        .into_iter()
+        .filter(|status| status.ready_for_execution)
+        .map(|status| status.name)
+        .collect()
+}
+
+#[test]
+fn a_batch_creates_tasks_of_several_templates_in_request_order() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let diamond = diamond();
+    let chain = chain("chain", 3);
+    let single = TaskTemplate::new("other", "single", "2.0.0").step(StepTemplate::new("only"));
+    let stored = create_task(
+        &mut conn,
+        &TaskRequest::new(&chain).context(json!({"n": 0})),
+    )
+    .unwrap();
+
+    let requests = [
+        TaskRequest::new(&diamond).context(json!({"order_id": 1})),
+        TaskRequest::new(&chain).context(json!({"n": 0})),
+        TaskRequest::new(&single).initiator("batch"),
+        TaskRequest::new(&diamond).context(json!({"order_id": 2})),
+        TaskRequest::new(&diamond).context(json!({"order_id": 1})),
+        TaskRequest::new(&chain).context(json!({"n": 1})),
+    ];
+    let created = create_tasks(&mut conn, &requests).unwrap();
+
+    assert_eq!(created.len(), requests.len());
+    let flags: Vec<bool> = created.iter().map(|c| c.created).collect();
+    assert_eq!(flags, [true, false, true, true, false, true]);
+    // An existing hash gives back the stored task; a hash repeated in the
+    // batch gives back the task of its first request.
+    assert_eq!(created[1].task.task_id, stored.task.task_id);
+    assert_eq!(created[1].steps, stored.steps);
+    assert_eq!(created[4].task, created[0].task);
+    assert_eq!(created[4].steps, created[0].steps);
+    let distinct: BTreeSet<i64> = created.iter().map(|c| c.task.task_id).collect();
+    assert_eq!(distinct.len(), 5);
+
+    for (created, request) in created.iter().zip(&requests) {
+        let template = request.template;
+        let names: BTreeSet<&str> = step_names(created).into_iter().collect();
+        let expected: BTreeSet<&str> = template.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, expected, "{}", template.key());
+        assert_eq!(created.task.context, request.context);
+        let roots: BTreeSet<String> = template
+            .steps
+            .iter()
+            .filter(|s| s.depends_on.is_empty())
+            .map(|s| s.name.clone())
+            .collect();
+        assert_eq!(ready_step_names(&mut conn, created), roots);
+    }
+    assert_eq!(created[2].task.initiator.as_deref(), Some("batch"));
+
+    let counts = row_counts(&mut conn);
+    assert_eq!(counts["tasker_tasks"], 5);
+    assert_eq!(counts["tasker_workflow_steps"], 4 + 4 + 3 + 3 + 1);
+    assert_eq!(counts["tasker_workflow_step_edges"], 4 + 4 + 2 + 2);
+    assert_eq!(counts["tasker_task_namespaces"], 3);
+    assert_eq!(counts["tasker_named_tasks"], 3);
+    assert_eq!(counts["tasker_named_tasks_named_steps"], 4 + 3 + 1);
+    support::assert_maintained_readiness(&mut conn, None);
+
+    // The same batch again: the same tasks, nothing written, no id drawn.
+    let rows_before = row_counts(&mut conn);
+    let sequences_before = sequence_values(&mut conn);
+    let again = create_tasks(&mut conn, &requests).unwrap();
+    assert!(again.iter().all(|c| !c.created));
+    let ids = |tasks: &[CreatedTask]| tasks.iter().map(|c| c.task.task_id).collect::<Vec<_>>();
+    assert_eq!(ids(&again), ids(&created));
+    assert_eq!(row_counts(&mut conn), rows_before);
+    assert_eq!(sequence_values(&mut conn), sequences_before);
+
+    assert!(create_tasks(&mut conn, &[]).unwrap().is_empty());
+}
+
+#[test]
+fn an_invalid_request_anywhere_in_a_batch_is_named_by_index_before_any_write() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let diamond = diamond();
+    let empty = TaskTemplate::new("batch", "empty", "1.0.0");
+    let requests = [
+        TaskRequest::new(&diamond),
+        TaskRequest::new(&diamond).context(json!({"order_id": 2})),
+        TaskRequest::new(&diamond).input("no_such_step", json!({})),
+        TaskRequest::new(&empty),
+    ];
+    match create_tasks(&mut conn, &requests) {
+        Err(Error::InvalidRequest { index: 2, error }) => assert_eq!(
+            error,
+            TemplateError::UnknownStepInput {
+                step: "no_such_step".into()
+            }
+        ),
+        other => panic!("expected request 2 to be refused, got {other:?}"),
+    }
+    match create_tasks(&mut conn, &requests[3..]) {
+        Err(error @ Error::InvalidRequest { index: 0, .. }) => {
+            assert!(error.to_string().contains("request 0"), "{error}")
+        }
+        other => panic!("expected request 0 to be refused, got {other:?}"),
+    }
+    let counts = row_counts(&mut conn);
+    assert!(counts.values().all(|&count| count == 0), "{counts:?}");
+    assert!(sequence_values(&mut conn).values().all(Option::is_none));
+}
+
+#[test]
+fn a_batch_refused_by_the_database_writes_none_of_its_tasks() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let diamond = diamond();
+    let other = TaskTemplate::new("fulfillment", "refund", "1.0.0").step(StepTemplate::new("pay"));
+    create_task(
+        &mut conn,
+        &TaskRequest::new(&diamond).identity_hash("taken"),
+    )
+    .unwrap();
+    let rows_before = row_counts(&mut conn);
+
+    // The stored hash is of another template.
+    let error = create_tasks(
+        &mut conn,
+        &[
+            TaskRequest::new(&other).context(json!({"fresh": 1})),
+            TaskRequest::new(&other).identity_hash("taken"),
+        ],
+    )
+    .expect_err("a hash of another template");
+    assert!(
+        matches!(
+            error,
+            Error::Integrity {
+                rule: IntegrityRule::DuplicateIdentityHash,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(row_counts(&mut conn), rows_before);
+
+    // Two requests of the batch share a hash but not a template.
+    let error = create_tasks(
+        &mut conn,
+        &[
+            TaskRequest::new(&other).identity_hash("new"),
+            TaskRequest::new(&diamond).context(json!({"fresh": 2})),
+            TaskRequest::new(&diamond).identity_hash("new"),
+        ],
+    )
+    .expect_err("one hash, two templates");
+    match &error {
+        Error::Integrity {
+            rule: IntegrityRule::DuplicateIdentityHash,
+            message,
+        } => assert!(
+            message.contains("new") && message.contains("fulfillment/refund@1.0.0"),
+            "{message}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(row_counts(&mut conn), rows_before);
+}
+
+#[test]
+fn a_template_beyond_the_bind_parameter_limit_is_created_whole() {
+    // More steps (22,000) and edges (21,999) than one bind per value allows
+    // (65,535 binds: 13,107 steps of five values, 21,845 edges of three).
+    const STEPS: usize = 22_000;
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let mut template =
+        TaskTemplate::new("batch", "fan_out", "1.0.0").step(StepTemplate::new("root"));
+    for index in 1..STEPS {
+        template = template.step(
+            StepTemplate::new(format!("leaf_{index}"))
+                .dependent_system(format!("system_{}", index % 7))
+                .depends_on(["root"]),
+        );
+    }
+    let created = create_task(&mut conn, &TaskRequest::new(&template)).unwrap();
+    assert!(created.created);
+    assert_eq!(created.steps.len(), STEPS);
+    let counts = row_counts(&mut conn);
+    assert_eq!(counts["tasker_workflow_step_edges"], STEPS as i64 - 1);
+    assert_eq!(counts["tasker_named_steps"], STEPS as i64);
+    assert_eq!(counts["tasker_named_tasks_named_steps"], STEPS as i64);
+    assert_eq!(counts["tasker_dependent_systems"], 8);
+    let levels =
+        tasker_diesel::readiness::calculate_dependency_levels(&mut conn, created.task.task_id)
+            .unwrap();
+    assert_eq!(levels.len(), STEPS);
+    assert_eq!(
+        levels.iter().filter(|l| l.dependency_level == 1).count(),
+        STEPS - 1
+    );
+
+    let again = create_task(&mut conn, &TaskRequest::new(&template)).unwrap();
+    assert!(!again.created);
+    assert_eq!(again.steps, created.steps);
+}
+
+#[test]
+fn a_long_chain_is_created_with_every_step_one_level_below_its_parent() {
+    const STEPS: usize = 10_000;
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let template = chain("long_chain", STEPS);
+    let created = create_task(&mut conn, &TaskRequest::new(&template)).unwrap();
+    assert_eq!(
+        ready_step_names(&mut conn, &created),
+        BTreeSet::from(["s0".to_string()])
+    );
+    let levels =
+        tasker_diesel::readiness::calculate_dependency_levels(&mut conn, created.task.task_id)
+            .unwrap();
+    let by_id: BTreeMap<i64, i32> = levels
+        .iter()
+        .map(|l| (l.workflow_step_id, l.dependency_level))
+        .collect();
+    for index in 0..STEPS {
+        assert_eq!(
+            by_id[&step_id(&created, &format!("s{index}"))],
+            index as i32,
+            "s{index}"
+        );
+    }
+}
+
+#[test]
+fn concurrent_batches_sharing_identity_hashes_end_with_one_task_per_hash() {
+    const CREATORS: usize = 4;
+    const TASKS: i64 = 30;
+    let db = TestDatabase::new();
+    let diamond = diamond();
+    let chain = chain("chain", 4);
+    // Each creator asks for every task, in its own order, half of them of
+    // each template: overlapping batches must neither deadlock nor double.
+    let batches: Vec<Vec<TaskRequest<'_>>> = (0..CREATORS)
+        .map(|creator| {
+            let mut order: Vec<i64> = (0..TASKS).collect();
+            order.rotate_left(creator * 7);
+            if creator % 2 == 1 {
+                order.reverse();
+            }
+            order
+                .into_iter()
+                .map(|n| {
+                    let template = if n % 2 == 0 { &diamond } else { &chain };
+                    TaskRequest::new(template).context(json!({ "n": n }))
+                })
+                .collect()
+        })
+        .collect();
+    let start = Barrier::new(CREATORS);
+    let results: Vec<Vec<CreatedTask>> = thread::scope(|scope| {
+        let creators: Vec<_> = batches
+            .iter()
+            .map(|batch| {
+                let start = &start;
+                let db = &db;
+                scope.spawn(move || {
+                    let mut conn = db.connection();
+                    start.wait();
+                    create_tasks(&mut conn, batch).expect("concurrent batch")
+                })
+            })
+            .collect();
+        creators
+            .into_iter()
+            .map(|creator| creator.join().expect("creator thread"))
+            .collect()
+    });
+
+    let mut by_context: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    let mut created = 0;
+    for (batch, result) in batches.iter().zip(&results) {
+        assert_eq!(batch.len(), result.len());
+        for (request, task) in batch.iter().zip(result) {
+            assert_eq!(task.task.context, request.context);
+            assert_eq!(task.steps.len(), request.template.steps.len());
+            by_context
+                .entry(request.context.to_string())
+                .or_default()
+                .insert(task.task.task_id);
+            created += usize::from(task.created);
+        }
+    }
+    assert_eq!(by_context.len(), TASKS as usize);
+    assert!(
+        by_context.values().all(|ids| ids.len() == 1),
+        "{by_context:?}"
+    );
+    assert_eq!(created, TASKS as usize);
+    let counts = row_counts(&mut db.connection());
+    assert_eq!(counts["tasker_tasks"], TASKS);
+    assert_eq!(counts["tasker_workflow_steps"], TASKS * 4);
+    assert_eq!(counts["tasker_named_tasks"], 2);
+    assert_eq!(counts["tasker_named_steps"], 8);
+    support::assert_maintained_readiness(&mut db.connection(), None);
 }

@@ -403,3 +403,76 @@ fn counters_cannot_be_negative() {
         );
     }
 }
+
+#[test]
+fn a_cycle_through_a_long_chain_is_found_and_named_from_the_new_edge() {
+    use tasker_diesel::workflow::{create_task, StepTemplate, TaskRequest, TaskTemplate};
+    const STEPS: usize = 10_000;
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let mut template = TaskTemplate::new("integrity", "long_chain", "1.0.0");
+    for index in 0..STEPS {
+        let mut step = StepTemplate::new(format!("s{index}"));
+        if index > 0 {
+            step = step.depends_on([format!("s{}", index - 1)]);
+        }
+        template = template.step(step);
+    }
+    let created = create_task(&mut conn, &TaskRequest::new(&template)).unwrap();
+    let id = |index: usize| created.step(&format!("s{index}")).unwrap().workflow_step_id;
+    let edges_before = edge_count(&mut conn);
+
+    // Closing the chain into a ring: named from the new edge on, cut short.
+    let error = add_edge(&mut conn, id(STEPS - 1), id(0))
+        .map_err(Error::from)
+        .unwrap_err();
+    let expected = format!(
+        "the step graph must stay acyclic: workflow step edge {} -> {} would create a cycle \
+         in task {}: {} (s{}) -> {} (s0) -> {} (s1) -> ",
+        id(STEPS - 1),
+        id(0),
+        created.task.task_id,
+        id(STEPS - 1),
+        STEPS - 1,
+        id(0),
+        id(1)
+    );
+    let message = error.to_string();
+    assert!(message.starts_with(&expected), "{message}");
+    assert!(
+        message.contains(&format!("-> ... ({STEPS} steps in all)")),
+        "{message}"
+    );
+
+    // A shorter cycle, written with an acyclic edge in the same statement:
+    // the statement is refused whole, naming the edge that closes the cycle.
+    let result = diesel::insert_into(tasker_workflow_step_edges::table)
+        .values(
+            [(id(0), id(STEPS - 1)), (id(5_000), id(4_998))].map(|(from, to)| {
+                NewWorkflowStepEdge {
+                    from_step_id: from,
+                    to_step_id: to,
+                    name: "provides",
+                }
+            }),
+        )
+        .execute(&mut conn);
+    let error = result.map_err(Error::from).unwrap_err();
+    let expected = format!(
+        "the step graph must stay acyclic: workflow step edge {} -> {} would create a cycle \
+         in task {}: {} (s5000) -> {} (s4998) -> {} (s4999) -> {} (s5000)",
+        id(5_000),
+        id(4_998),
+        created.task.task_id,
+        id(5_000),
+        id(4_998),
+        id(4_999),
+        id(5_000)
+    );
+    assert_eq!(error.to_string(), expected);
+    assert_eq!(edge_count(&mut conn), edges_before);
+
+    // A shortcut is no cycle.
+    add_edge(&mut conn, id(0), id(STEPS - 1)).unwrap();
+    assert_eq!(edge_count(&mut conn), edges_before + 1);
+}

@@ -283,19 +283,16 @@ AS $$
     -- the task leads to a step of the task, and the graph is acyclic (both checked when
     -- edges are written), so every step gets its level.
     SELECT level.workflow_step_id, level.dependency_level
-    FROM tasker_topological_levels(
-        ARRAY(SELECT step.workflow_step_id FROM tasker_workflow_steps AS step
-              WHERE step.task_id = calculate_dependency_levels.task_id),
-        ARRAY(SELECT edge.from_step_id
-              FROM tasker_workflow_steps AS step
-              JOIN tasker_workflow_step_edges AS edge ON edge.from_step_id = step.workflow_step_id
-              WHERE step.task_id = calculate_dependency_levels.task_id
-              ORDER BY edge.from_step_id, edge.to_step_id),
-        ARRAY(SELECT edge.to_step_id
-              FROM tasker_workflow_steps AS step
-              JOIN tasker_workflow_step_edges AS edge ON edge.from_step_id = step.workflow_step_id
-              WHERE step.task_id = calculate_dependency_levels.task_id
-              ORDER BY edge.from_step_id, edge.to_step_id)) AS level
+    FROM (SELECT array_agg(edge.from_step_id) AS from_ids,
+                 array_agg(edge.to_step_id) AS to_ids
+          FROM tasker_workflow_steps AS step
+          JOIN tasker_workflow_step_edges AS edge ON edge.from_step_id = step.workflow_step_id
+          WHERE step.task_id = calculate_dependency_levels.task_id) AS edges,
+         tasker_topological_levels(
+             ARRAY(SELECT step.workflow_step_id FROM tasker_workflow_steps AS step
+                   WHERE step.task_id = calculate_dependency_levels.task_id),
+             coalesce(edges.from_ids, '{}'),
+             coalesce(edges.to_ids, '{}')) AS level
     WHERE level.dependency_level IS NOT NULL
     ORDER BY level.dependency_level, level.workflow_step_id
 $$;

@@ -1,25 +1,20 @@
 //! Creating a task instance from a template in one transaction.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
-use diesel::sql_types::{Jsonb, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::catalog::{find_or_create_catalogs, Catalog};
 use super::template::{check_length, TaskTemplate, TemplateError, TemplateField};
-use super::transition::{transition_workflow_step, TransitionOptions};
-use crate::enums::StepState;
-use crate::error::{Error, IntegrityRule};
-use crate::models::{
-    NewDependentSystem, NewNamedStep, NewNamedTask, NewNamedTaskNamedStep, NewTask,
-    NewTaskNamespace, NewWorkflowStep, NewWorkflowStepEdge, Task, WorkflowStep,
-};
+use crate::error::{Error, IntegrityRule, Refusal};
+use crate::models::{Task, WorkflowStep};
 use crate::schema::{
-    tasker_dependent_systems, tasker_named_steps, tasker_named_tasks,
-    tasker_named_tasks_named_steps, tasker_task_namespaces, tasker_tasks,
-    tasker_workflow_step_edges, tasker_workflow_steps,
+    tasker_named_steps, tasker_named_tasks, tasker_task_namespaces, tasker_tasks,
+    tasker_workflow_steps,
 };
 
 /// Longest initiator, source system and reason (`VARCHAR(128)` in `tasker_tasks`).
@@ -30,13 +25,59 @@ pub const MAX_IDENTITY_HASH_LENGTH: usize = 128;
 /// The label of every edge [`create_task`] writes, as the Rails engine does.
 pub const EDGE_NAME: &str = "provides";
 
-/// The default identity hash: hex SHA-256 of the UTF-8 text of the jsonb
-/// array `[namespace, name, version, context]`. jsonb's text form is
-/// canonical (key order and whitespace do not matter) and the array keeps
-/// the parts apart, so different requests cannot collide by concatenation.
-const DEFAULT_IDENTITY_HASH_SQL: &str = "SELECT encode(sha256(convert_to(\
-     jsonb_build_array($1::text, $2::text, $3::text, $4::jsonb)::text, 'UTF8')), 'hex') \
-     AS identity_hash";
+/// The default identity hash of each request, in the order given: hex
+/// SHA-256 of the UTF-8 text of the jsonb array `[namespace, name, version,
+/// context]`. jsonb's text form is canonical (key order and whitespace do not
+/// matter) and the array keeps the parts apart, so different requests cannot
+/// collide by concatenation.
+const DEFAULT_IDENTITY_HASHES_SQL: &str = "\
+    SELECT encode(sha256(convert_to(\
+               jsonb_build_array(r.namespace, r.name, r.version, r.context)::text, 'UTF8')), \
+           'hex') AS identity_hash \
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) \
+         WITH ORDINALITY AS r (namespace, name, version, context, position) \
+    ORDER BY r.position";
+
+/// Tasks, one per element of the arrays, sorted by identity hash so that
+/// batches sharing hashes take their row locks in one order. A hash already
+/// committed is skipped (and waited for while it is in flight).
+const INSERT_TASKS_SQL: &str = "\
+    INSERT INTO tasker_tasks (named_task_id, identity_hash, requested_at, initiator, \
+                              source_system, reason, bypass_steps, tags, context) \
+    SELECT t.named_task_id, t.identity_hash, \
+           coalesce(t.requested_at, now() AT TIME ZONE 'UTC'), \
+           t.initiator, t.source_system, t.reason, t.bypass_steps, t.tags, t.context \
+    FROM unnest($1::integer[], $2::text[], $3::timestamp[], $4::text[], $5::text[], \
+                $6::text[], $7::jsonb[], $8::jsonb[], $9::jsonb[]) \
+         AS t (named_task_id, identity_hash, requested_at, initiator, source_system, reason, \
+               bypass_steps, tags, context) \
+    ORDER BY t.identity_hash \
+    ON CONFLICT (identity_hash) DO NOTHING \
+    RETURNING task_id, identity_hash";
+
+/// Steps, one per element of the arrays, inserted in array order.
+const INSERT_STEPS_SQL: &str = "\
+    INSERT INTO tasker_workflow_steps (task_id, named_step_id, retryable, retry_limit, \
+                                       skippable, inputs) \
+    SELECT s.task_id, s.named_step_id, s.retryable, s.retry_limit, s.skippable, s.inputs \
+    FROM unnest($1::bigint[], $2::integer[], $3::boolean[], $4::integer[], $5::boolean[], \
+                $6::jsonb[]) \
+         WITH ORDINALITY AS s (task_id, named_step_id, retryable, retry_limit, skippable, \
+                               inputs, position) \
+    ORDER BY s.position \
+    RETURNING workflow_step_id, task_id, named_step_id";
+
+/// Edges `$1[i] -> $2[i]`, all named `$3`.
+const INSERT_EDGES_SQL: &str = "\
+    INSERT INTO tasker_workflow_step_edges (from_step_id, to_step_id, name) \
+    SELECT e.from_step_id, e.to_step_id, $3 \
+    FROM unnest($1::bigint[], $2::bigint[]) AS e (from_step_id, to_step_id)";
+
+/// Moves each step of `$1`, in id order, to `resolved_manually` with metadata
+/// `$2`, through the one definition of a step transition.
+const BYPASS_STEPS_SQL: &str = "\
+    SELECT count(transition_workflow_step(b.workflow_step_id, 'resolved_manually', $2)) \
+    FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS b (workflow_step_id)";
 
 /// A request for one task of a template: the template plus what is specific
 /// to this instance.
@@ -209,188 +250,221 @@ impl CreatedTask {
 }
 
 /// Creates a task of `request.template` with its steps and their dependency
-/// edges, or returns the task that already has the request's identity hash.
+/// edges, or returns the task that already has the request's identity hash:
+/// [`create_tasks`] with one request.
 ///
 /// The request is validated first ([`TaskRequest::validate`]); an invalid one
-/// is [`Error::InvalidTemplate`] without any round trip. Everything else
-/// happens in one transaction:
-///
-/// 1. The identity hash: the request's, or by default the hex SHA-256 of the
-///    UTF-8 text of the jsonb array `[namespace, name, version, context]`,
-///    computed by PostgreSQL. Initiator, source system, reason, tags,
-///    bypasses, inputs and `requested_at` are not part of it.
-/// 2. A task with that hash is returned with `created: false` and nothing is
-///    written. If it belongs to another template, the result is
-///    [`Error::Integrity`] with [`IntegrityRule::DuplicateIdentityHash`].
-/// 3. The catalog rows (namespace, dependent systems, task template, step
-///    templates, their memberships) are found by their unique keys or
-///    inserted, in a fixed order so concurrent creators cannot deadlock.
-///    Existing catalog rows are not updated: step instances take their
-///    flags from the request's template, not from the stored membership.
-/// 4. The task, then all steps in one statement and all edges (parent to
-///    child, named [`EDGE_NAME`]) in another. No transition is written (a
-///    step without one is pending) except for the bypassed steps, which are
-///    moved to `resolved_manually` with `{"bypassed": true}`: they never run,
-///    and their children count them as complete.
-///
-/// Two connections creating the same identity hash at once both succeed
-/// with the same task, one `created: true`: the second `INSERT` waits for
-/// the first transaction and then finds its task. That relies on `READ
-/// COMMITTED` (PostgreSQL's default); under `REPEATABLE READ` the loser gets
-/// a serialization failure instead.
+/// is [`Error::InvalidTemplate`] without any round trip.
 pub fn create_task(
     conn: &mut PgConnection,
     request: &TaskRequest<'_>,
 ) -> crate::Result<CreatedTask> {
     request.validate()?;
-    conn.transaction(|conn| create_in_transaction(conn, request))
+    let mut created = conn.transaction(|conn| create_in_transaction(conn, &[request]))?;
+    Ok(created.remove(0))
+}
+
+/// Creates many tasks, of one template or several, with their steps and
+/// dependency edges, in one transaction: one result per request, in request
+/// order. All or nothing: on any error no task of the batch is written.
+///
+/// Every request is validated first ([`TaskRequest::validate`]); the first
+/// invalid one is [`Error::InvalidRequest`] with its index, without any round
+/// trip. Then, in one transaction, with a number of statements that does not
+/// grow with the number of tasks, steps or edges (arrays are bound, one per
+/// column, so there is no limit on the size of a batch or a template short of
+/// memory):
+///
+/// 1. The identity hashes: each request's own, or by default the hex SHA-256
+///    of the UTF-8 text of the jsonb array `[namespace, name, version,
+///    context]`, computed by PostgreSQL. Initiator, source system, reason,
+///    tags, bypasses, inputs and `requested_at` are not part of it.
+/// 2. A task that already has a request's hash is returned with `created:
+///    false`, as is the task of an earlier request of the same batch with the
+///    same hash; nothing is written for either. If that task is of another
+///    template, the result is [`Error::Integrity`] with
+///    [`IntegrityRule::DuplicateIdentityHash`].
+/// 3. The catalog rows (namespace, dependent systems, task template, step
+///    templates, their memberships) of each distinct template are found by
+///    their unique keys or inserted, in a fixed order so concurrent creators
+///    cannot deadlock. Existing catalog rows are not updated: step instances
+///    take their flags from the request's template, not from the stored
+///    membership.
+/// 4. The tasks in one statement (sorted by identity hash, so two batches
+///    that share hashes wait for each other instead of deadlocking), then all
+///    their steps in one statement and all edges (parent to child, named
+///    [`EDGE_NAME`]) in another, whose triggers check the whole graph in one
+///    pass. No transition is written (a step without one is pending) except
+///    for the bypassed steps, which are moved to `resolved_manually` with
+///    `{"bypassed": true}`: they never run, and their children count them as
+///    complete.
+///
+/// Creators of different tasks do not wait for each other (only for catalog
+/// rows both insert). Two connections creating the same identity hash at once
+/// both succeed with the same task, one `created: true`: the second `INSERT`
+/// waits for the first transaction and then finds its task. That relies on
+/// `READ COMMITTED` (PostgreSQL's default); under `REPEATABLE READ` the loser
+/// gets a serialization failure instead.
+pub fn create_tasks(
+    conn: &mut PgConnection,
+    requests: &[TaskRequest<'_>],
+) -> crate::Result<Vec<CreatedTask>> {
+    for (index, request) in requests.iter().enumerate() {
+        request
+            .validate()
+            .map_err(|error| Error::InvalidRequest { index, error })?;
+    }
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let requests: Vec<&TaskRequest<'_>> = requests.iter().collect();
+    conn.transaction(|conn| create_in_transaction(conn, &requests))
+}
+
+/// What becomes of one request of a batch.
+enum Outcome {
+    /// A task to insert, of the distinct template at this index.
+    New { template: usize },
+    /// The task already stored with the request's hash.
+    Existing(Task),
+    /// The same task as the earlier request at this index.
+    SameAs(usize),
 }
 
 fn create_in_transaction(
     conn: &mut PgConnection,
-    request: &TaskRequest<'_>,
-) -> crate::Result<CreatedTask> {
-    let template = request.template;
-    let identity_hash = match &request.identity_hash {
-        Some(identity_hash) => identity_hash.clone(),
-        None => default_identity_hash(conn, request)?,
-    };
-    // Looked up before the catalog is touched, so a repeated request writes
+    requests: &[&TaskRequest<'_>],
+) -> crate::Result<Vec<CreatedTask>> {
+    let hashes = identity_hashes(conn, requests)?;
+    // Looked up before the catalog is touched, so repeated requests write
     // nothing at all.
-    if let Some(existing) = find_task(conn, &identity_hash)? {
-        return existing_task(conn, template, existing);
+    let mut stored = find_tasks(conn, &hashes)?;
+
+    let mut templates: Vec<&TaskTemplate> = Vec::new();
+    let mut first_with_hash: HashMap<&str, usize> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(requests.len());
+    for (index, (request, hash)) in requests.iter().zip(&hashes).enumerate() {
+        let outcome = if let Some(stored) = stored.remove(hash.as_str()) {
+            let task = check_template(request.template, stored)?;
+            first_with_hash.insert(hash, index);
+            Outcome::Existing(task)
+        } else if let Some(&earlier) = first_with_hash.get(hash.as_str()) {
+            if request.template.key() != requests[earlier].template.key() {
+                return Err(duplicate_hash(
+                    hash,
+                    requests[earlier].template,
+                    request.template,
+                ));
+            }
+            Outcome::SameAs(earlier)
+        } else {
+            first_with_hash.insert(hash, index);
+            let template = match templates.iter().position(|&known| {
+                std::ptr::eq(known, request.template) || known == request.template
+            }) {
+                Some(position) => position,
+                None => {
+                    templates.push(request.template);
+                    templates.len() - 1
+                }
+            };
+            Outcome::New { template }
+        };
+        outcomes.push(outcome);
     }
 
-    let catalog = find_or_create_catalog(conn, template)?;
-    let tags = request.tags.as_ref().map(|tags| Value::from(tags.clone()));
-    let bypass_steps = request
-        .bypass_steps
-        .as_ref()
-        .map(|steps| Value::from(steps.clone()));
-    let inserted: Option<Task> = diesel::insert_into(tasker_tasks::table)
-        .values(NewTask {
-            requested_at: request.requested_at,
-            initiator: request.initiator.as_deref(),
-            source_system: request.source_system.as_deref(),
-            reason: request.reason.as_deref(),
-            bypass_steps: bypass_steps.as_ref(),
-            tags: tags.as_ref(),
-            context: Some(&request.context),
-            ..NewTask::new(catalog.named_task_id, &identity_hash)
-        })
-        .on_conflict(tasker_tasks::identity_hash)
-        .do_nothing()
-        .returning(Task::as_returning())
-        .get_result(conn)
-        .optional()?;
-    let Some(task) = inserted else {
-        // Another transaction committed the same hash while this one waited.
-        let existing = find_task(conn, &identity_hash)?.ok_or(diesel::NotFound)?;
-        return existing_task(conn, template, existing);
-    };
-
-    let new_steps: Vec<NewWorkflowStep> = template
-        .steps
+    let catalogs = find_or_create_catalogs(conn, &templates)?;
+    let new: Vec<NewRequest<'_, '_>> = outcomes
         .iter()
-        .zip(&catalog.named_step_ids)
-        .map(|(step, &named_step_id)| NewWorkflowStep {
-            task_id: task.task_id,
-            named_step_id,
-            retryable: Some(step.retryable),
-            retry_limit: Some(step.retry_limit),
-            skippable: Some(step.skippable),
-            inputs: request.inputs.get(&step.name),
-            ..NewWorkflowStep::default()
+        .zip(requests.iter().zip(&hashes))
+        .filter_map(|(outcome, (&request, hash))| match outcome {
+            Outcome::New { template } => Some((request, hash.as_str(), &catalogs[*template])),
+            _ => None,
         })
         .collect();
-    let mut steps: Vec<WorkflowStep> = diesel::insert_into(tasker_workflow_steps::table)
-        .values(&new_steps)
-        .returning(WorkflowStep::as_returning())
-        .get_results(conn)?;
-    steps.sort_by_key(|step| step.workflow_step_id);
-
-    // RETURNING order is not promised; named_step_id is unique per task.
-    let step_ids: HashMap<i32, i64> = steps
+    let task_ids = insert_tasks(conn, &new)?;
+    // A hash another transaction committed while this one waited: its task.
+    let raced: Vec<String> = hashes
         .iter()
-        .map(|step| (step.named_step_id, step.workflow_step_id))
-        .collect();
-    let positions: HashMap<&str, usize> = template
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(position, step)| (step.name.as_str(), position))
-        .collect();
-    let step_id_of = |name: &str| step_ids[&catalog.named_step_ids[positions[name]]];
-    let edges: Vec<NewWorkflowStepEdge> = template
-        .steps
-        .iter()
-        .flat_map(|step| {
-            step.depends_on.iter().map(|parent| NewWorkflowStepEdge {
-                from_step_id: step_id_of(parent),
-                to_step_id: step_id_of(&step.name),
-                name: EDGE_NAME,
-            })
+        .zip(&outcomes)
+        .filter(|(hash, outcome)| {
+            matches!(outcome, Outcome::New { .. }) && !task_ids.contains_key(hash.as_str())
         })
+        .map(|(hash, _)| hash.clone())
         .collect();
-    let task = if edges.is_empty() {
-        task
-    } else {
-        diesel::insert_into(tasker_workflow_step_edges::table)
-            .values(&edges)
-            .execute(conn)?;
-        // The edge trigger locks the task and bumps its updated_at.
-        tasker_tasks::table
-            .find(task.task_id)
-            .select(Task::as_select())
-            .get_result(conn)?
-    };
-
-    // A bypassed step is settled at once: resolved manually, which its
-    // children count as complete, with the reason in the transition.
-    let bypassed: BTreeSet<i64> = request
-        .bypass_steps
-        .iter()
-        .flatten()
-        .map(|name| step_id_of(name))
-        .collect();
-    if !bypassed.is_empty() {
-        let metadata = serde_json::json!({ "bypassed": true });
-        for &step_id in &bypassed {
-            transition_workflow_step(
-                conn,
-                step_id,
-                StepState::ResolvedManually,
-                TransitionOptions::default().with_metadata(&metadata),
-            )?;
+    if !raced.is_empty() {
+        let mut found = find_tasks(conn, &raced)?;
+        for index in 0..requests.len() {
+            if let Some(stored) = found.remove(hashes[index].as_str()) {
+                outcomes[index] =
+                    Outcome::Existing(check_template(requests[index].template, stored)?);
+            }
         }
     }
-    // Edges and bypasses change the steps' maintained readiness columns.
-    if !edges.is_empty() || !bypassed.is_empty() {
-        steps = tasker_workflow_steps::table
-            .filter(tasker_workflow_steps::task_id.eq(task.task_id))
-            .order(tasker_workflow_steps::workflow_step_id)
-            .select(WorkflowStep::as_select())
-            .load(conn)?;
-    }
-
-    let names: HashMap<i32, &str> = catalog
-        .named_step_ids
+    let created: Vec<(&TaskRequest<'_>, i64, &Catalog)> = new
         .iter()
-        .zip(&template.steps)
-        .map(|(&named_step_id, step)| (named_step_id, step.name.as_str()))
-        .collect();
-    let steps = steps
-        .into_iter()
-        .map(|step| CreatedStep {
-            name: names[&step.named_step_id].to_owned(),
-            step,
+        .filter_map(|&(request, hash, catalog)| {
+            task_ids
+                .get(hash)
+                .map(|&task_id| (request, task_id, catalog))
         })
         .collect();
-    Ok(CreatedTask {
-        task,
-        steps,
-        created: true,
-    })
+    insert_steps_and_edges(conn, &created)?;
+
+    // Edges and bypasses changed the tasks (updated_at) and the steps'
+    // maintained readiness: read everything back as it now is.
+    let mut ids: Vec<i64> = created.iter().map(|&(_, task_id, _)| task_id).collect();
+    ids.extend(outcomes.iter().filter_map(|outcome| match outcome {
+        Outcome::Existing(task) => Some(task.task_id),
+        _ => None,
+    }));
+    let tasks: HashMap<i64, Task> = tasker_tasks::table
+        .filter(tasker_tasks::task_id.eq_any(&ids))
+        .select(Task::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(|task| (task.task_id, task))
+        .collect();
+    let mut steps: HashMap<i64, Vec<CreatedStep>> = HashMap::new();
+    for (name, step) in tasker_workflow_steps::table
+        .inner_join(tasker_named_steps::table)
+        .filter(tasker_workflow_steps::task_id.eq_any(&ids))
+        .order((
+            tasker_workflow_steps::task_id,
+            tasker_workflow_steps::workflow_step_id,
+        ))
+        .select((tasker_named_steps::name, WorkflowStep::as_select()))
+        .load::<(String, WorkflowStep)>(conn)?
+    {
+        steps
+            .entry(step.task_id)
+            .or_default()
+            .push(CreatedStep { name, step });
+    }
+
+    let mut results: Vec<CreatedTask> = Vec::with_capacity(requests.len());
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let (task_id, created) = match outcome {
+            Outcome::New { .. } => match task_ids.get(&hashes[index]) {
+                Some(&task_id) => (task_id, true),
+                None => return Err(diesel::NotFound.into()),
+            },
+            Outcome::Existing(task) => (task.task_id, false),
+            Outcome::SameAs(earlier) => (results[*earlier].task.task_id, false),
+        };
+        // Only a task found here, not created here, can be deleted meanwhile.
+        let task = tasks
+            .get(&task_id)
+            .cloned()
+            .ok_or(Refusal::UnknownTask { task_id })?;
+        let steps = steps.get(&task_id).cloned().unwrap_or_default();
+        results.push(CreatedTask {
+            task,
+            steps,
+            created,
+        });
+    }
+    Ok(results)
 }
 
 #[derive(QueryableByName)]
@@ -399,46 +473,74 @@ struct IdentityHash {
     identity_hash: String,
 }
 
-fn default_identity_hash(
+/// The identity hash of each request, in request order: its own, or the
+/// default one (computed for all such requests in one statement).
+fn identity_hashes(
     conn: &mut PgConnection,
-    request: &TaskRequest<'_>,
-) -> QueryResult<String> {
-    let template = request.template;
-    diesel::sql_query(DEFAULT_IDENTITY_HASH_SQL)
-        .bind::<Text, _>(template.namespace.as_str())
-        .bind::<Text, _>(template.name.as_str())
-        .bind::<Text, _>(template.version.as_str())
-        .bind::<Jsonb, _>(&request.context)
-        .get_result::<IdentityHash>(conn)
-        .map(|row| row.identity_hash)
+    requests: &[&TaskRequest<'_>],
+) -> QueryResult<Vec<String>> {
+    let defaulted: Vec<&TaskRequest<'_>> = requests
+        .iter()
+        .copied()
+        .filter(|request| request.identity_hash.is_none())
+        .collect();
+    let mut defaults = Vec::new().into_iter();
+    if !defaulted.is_empty() {
+        let part = |part: fn(&TaskTemplate) -> &str| -> Vec<&str> {
+            defaulted
+                .iter()
+                .map(|request| part(request.template))
+                .collect()
+        };
+        let contexts: Vec<&Value> = defaulted.iter().map(|request| &request.context).collect();
+        defaults = diesel::sql_query(DEFAULT_IDENTITY_HASHES_SQL)
+            .bind::<Array<Text>, _>(part(|template| &template.namespace))
+            .bind::<Array<Text>, _>(part(|template| &template.name))
+            .bind::<Array<Text>, _>(part(|template| &template.version))
+            .bind::<Array<Jsonb>, _>(contexts)
+            .load::<IdentityHash>(conn)?
+            .into_iter();
+    }
+    requests
+        .iter()
+        .map(|request| match &request.identity_hash {
+            Some(hash) => Ok(hash.clone()),
+            None => defaults
+                .next()
+                .map(|row| row.identity_hash)
+                .ok_or(diesel::NotFound),
+        })
+        .collect()
 }
 
 /// A stored task with the namespace, name and version of its template.
 type TaskWithTemplateKey = (Task, String, String, String);
 
-fn find_task(
+/// The stored tasks with these identity hashes, by hash.
+fn find_tasks(
     conn: &mut PgConnection,
-    identity_hash: &str,
-) -> QueryResult<Option<TaskWithTemplateKey>> {
-    tasker_tasks::table
+    identity_hashes: &[String],
+) -> QueryResult<HashMap<String, TaskWithTemplateKey>> {
+    Ok(tasker_tasks::table
         .inner_join(tasker_named_tasks::table.inner_join(tasker_task_namespaces::table))
-        .filter(tasker_tasks::identity_hash.eq(identity_hash))
+        .filter(tasker_tasks::identity_hash.eq_any(identity_hashes))
         .select((
             Task::as_select(),
             tasker_task_namespaces::name,
             tasker_named_tasks::name,
             tasker_named_tasks::version,
         ))
-        .get_result(conn)
-        .optional()
+        .load::<TaskWithTemplateKey>(conn)?
+        .into_iter()
+        .map(|found| (found.0.identity_hash.clone(), found))
+        .collect())
 }
 
-/// The existing task with its steps, if it is a task of `template`.
-fn existing_task(
-    conn: &mut PgConnection,
+/// The stored task, if it is a task of `template`.
+fn check_template(
     template: &TaskTemplate,
     (task, namespace, name, version): TaskWithTemplateKey,
-) -> crate::Result<CreatedTask> {
+) -> crate::Result<Task> {
     if (namespace.as_str(), name.as_str(), version.as_str())
         != (
             template.namespace.as_str(),
@@ -457,294 +559,194 @@ fn existing_task(
             ),
         });
     }
-    let steps = tasker_workflow_steps::table
-        .inner_join(tasker_named_steps::table)
-        .filter(tasker_workflow_steps::task_id.eq(task.task_id))
-        .order(tasker_workflow_steps::workflow_step_id)
-        .select((tasker_named_steps::name, WorkflowStep::as_select()))
-        .load::<(String, WorkflowStep)>(conn)?
-        .into_iter()
-        .map(|(name, step)| CreatedStep { name, step })
-        .collect();
-    Ok(CreatedTask {
-        task,
-        steps,
-        created: false,
-    })
+    Ok(task)
 }
 
-/// The catalog ids a task of a template needs.
-struct Catalog {
-    named_task_id: i32,
-    /// The step template of each template step, by position.
-    named_step_ids: Vec<i32>,
-}
-
-// Each catalog row is first looked up, then inserted only when missing with
-// `ON CONFLICT DO NOTHING` (a concurrent creator may have inserted it since),
-// then looked up again if the insert lost that race. Looking up first keeps
-// a steady state of task creation from drawing ids from the INTEGER
-// sequences: an insert that hits a conflict still consumes one.
-// Rows are inserted sorted by their unique key, the tables always in the
-// same order, so two creators wait for each other instead of deadlocking.
-
-fn find_or_create_catalog(
-    conn: &mut PgConnection,
-    template: &TaskTemplate,
-) -> QueryResult<Catalog> {
-    let namespace_id = find_or_create_namespace(conn, &template.namespace)?;
-    let system_ids = find_or_create_dependent_systems(conn, template)?;
-    let named_task_id = find_or_create_named_task(conn, namespace_id, template)?;
-    let named_step_ids = find_or_create_named_steps(conn, template, &system_ids)?;
-    add_missing_memberships(conn, named_task_id, template, &named_step_ids)?;
-    Ok(Catalog {
-        named_task_id,
-        named_step_ids,
-    })
-}
-
-fn find_or_create_namespace(conn: &mut PgConnection, name: &str) -> QueryResult<i32> {
-    use tasker_task_namespaces::dsl as ns;
-    let find = |conn: &mut PgConnection| {
-        ns::tasker_task_namespaces
-            .filter(ns::name.eq(name))
-            .select(ns::task_namespace_id)
-            .get_result(conn)
-    };
-    if let Some(id) = find(conn).optional()? {
-        return Ok(id);
-    }
-    let inserted = diesel::insert_into(ns::tasker_task_namespaces)
-        .values(NewTaskNamespace {
-            name,
-            description: None,
-        })
-        .on_conflict(ns::name)
-        .do_nothing()
-        .returning(ns::task_namespace_id)
-        .get_result(conn)
-        .optional()?;
-    match inserted {
-        Some(id) => Ok(id),
-        None => find(conn),
+/// Two requests of one batch with the same identity hash and different
+/// templates.
+fn duplicate_hash(identity_hash: &str, first: &TaskTemplate, second: &TaskTemplate) -> Error {
+    Error::Integrity {
+        rule: IntegrityRule::DuplicateIdentityHash,
+        message: format!(
+            "identity hash {identity_hash} is asked for by a task of {} and by one of {} \
+             in the same batch",
+            first.key(),
+            second.key()
+        ),
     }
 }
 
-/// Ids of the template's dependent systems by name.
-fn find_or_create_dependent_systems<'t>(
+#[derive(QueryableByName)]
+struct InsertedTask {
+    #[diesel(sql_type = BigInt)]
+    task_id: i64,
+    #[diesel(sql_type = Text)]
+    identity_hash: String,
+}
+
+/// A request to create, with the catalog of its template.
+type NewRequest<'r, 'a> = (&'r TaskRequest<'a>, &'r str, &'r Catalog);
+
+/// Inserts the tasks; the ids of those inserted, by hash (a hash another
+/// transaction committed meanwhile is missing).
+fn insert_tasks<'r, 'a>(
     conn: &mut PgConnection,
-    template: &'t TaskTemplate,
-) -> QueryResult<HashMap<&'t str, i32>> {
-    use tasker_dependent_systems::dsl as ds;
-    // Sorted and unique: the insert order.
-    let names: BTreeSet<&'t str> = template
-        .steps
-        .iter()
-        .map(|step| step.dependent_system.as_str())
-        .collect();
-    let load = |conn: &mut PgConnection, names: Vec<&str>| {
-        ds::tasker_dependent_systems
-            .filter(ds::name.eq_any(names))
-            .select((ds::name, ds::dependent_system_id))
-            .load::<(String, i32)>(conn)
+    new: &[NewRequest<'r, 'a>],
+) -> QueryResult<HashMap<String, i64>> {
+    if new.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let text = |field: fn(&'r TaskRequest<'a>) -> Option<&'r str>| -> Vec<Option<&'r str>> {
+        new.iter().map(|&(request, _, _)| field(request)).collect()
     };
-    let mut found: HashMap<String, i32> = load(conn, names.iter().copied().collect())?
-        .into_iter()
-        .collect();
-    let missing: Vec<&str> = names
-        .iter()
-        .copied()
-        .filter(|&name| !found.contains_key(name))
-        .collect();
-    if !missing.is_empty() {
-        let new_systems: Vec<NewDependentSystem> = missing
-            .iter()
-            .map(|&name| NewDependentSystem {
-                name,
-                description: None,
+    let names = |field: fn(&'r TaskRequest<'a>) -> &'r Option<Vec<String>>| -> Vec<Option<Value>> {
+        new.iter()
+            .map(|&(request, _, _)| {
+                field(request)
+                    .as_ref()
+                    .map(|names| Value::from(names.clone()))
             })
-            .collect();
-        let inserted: Vec<(String, i32)> = diesel::insert_into(ds::tasker_dependent_systems)
-            .values(&new_systems)
-            .on_conflict(ds::name)
-            .do_nothing()
-            .returning((ds::name, ds::dependent_system_id))
-            .get_results(conn)?;
-        found.extend(inserted);
-        let raced: Vec<&str> = missing
-            .into_iter()
-            .filter(|&name| !found.contains_key(name))
-            .collect();
-        if !raced.is_empty() {
-            found.extend(load(conn, raced)?);
-        }
-    }
-    names
+            .collect()
+    };
+    let rows = diesel::sql_query(INSERT_TASKS_SQL)
+        .bind::<Array<Integer>, _>(
+            new.iter()
+                .map(|&(_, _, catalog)| catalog.named_task_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(new.iter().map(|&(_, hash, _)| hash).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Timestamp>>, _>(
+            new.iter()
+                .map(|&(request, _, _)| request.requested_at)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Text>>, _>(text(|request| request.initiator.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(text(|request| request.source_system.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(text(|request| request.reason.as_deref()))
+        .bind::<Array<Nullable<Jsonb>>, _>(names(|request| &request.bypass_steps))
+        .bind::<Array<Nullable<Jsonb>>, _>(names(|request| &request.tags))
+        .bind::<Array<Jsonb>, _>(
+            new.iter()
+                .map(|&(request, _, _)| &request.context)
+                .collect::<Vec<_>>(),
+        )
+        .load::<InsertedTask>(conn)?;
+    Ok(rows
         .into_iter()
-        .map(|name| {
-            found
-                .get(name)
-                .map(|&id| (name, id))
-                .ok_or(diesel::NotFound)
-        })
-        .collect()
+        .map(|row| (row.identity_hash, row.task_id))
+        .collect())
 }
 
-fn find_or_create_named_task(
-    conn: &mut PgConnection,
-    namespace_id: i32,
-    template: &TaskTemplate,
-) -> QueryResult<i32> {
-    use tasker_named_tasks::dsl as nt;
-    let find = |conn: &mut PgConnection| {
-        nt::tasker_named_tasks
-            .filter(nt::task_namespace_id.eq(namespace_id))
-            .filter(nt::name.eq(&template.name))
-            .filter(nt::version.eq(&template.version))
-            .select(nt::named_task_id)
-            .get_result(conn)
-    };
-    if let Some(id) = find(conn).optional()? {
-        return Ok(id);
-    }
-    let inserted = diesel::insert_into(nt::tasker_named_tasks)
-        .values(NewNamedTask {
-            task_namespace_id: namespace_id,
-            name: &template.name,
-            version: &template.version,
-            description: template.description.as_deref(),
-            configuration: None,
-        })
-        .on_conflict((nt::task_namespace_id, nt::name, nt::version))
-        .do_nothing()
-        .returning(nt::named_task_id)
-        .get_result(conn)
-        .optional()?;
-    match inserted {
-        Some(id) => Ok(id),
-        None => find(conn),
-    }
+#[derive(QueryableByName)]
+struct InsertedStep {
+    #[diesel(sql_type = BigInt)]
+    workflow_step_id: i64,
+    #[diesel(sql_type = BigInt)]
+    task_id: i64,
+    #[diesel(sql_type = Integer)]
+    named_step_id: i32,
 }
 
-/// The step template id of each template step, by position.
-fn find_or_create_named_steps(
+/// Inserts the steps of the new tasks (request, task id, catalog), then
+/// their edges, then settles their bypassed steps: three statements in all.
+fn insert_steps_and_edges(
     conn: &mut PgConnection,
-    template: &TaskTemplate,
-    system_ids: &HashMap<&str, i32>,
-) -> QueryResult<Vec<i32>> {
-    use tasker_named_steps::dsl as ns;
-    let keys: Vec<(i32, &str)> = template
-        .steps
-        .iter()
-        .map(|step| {
-            (
-                system_ids[step.dependent_system.as_str()],
-                step.name.as_str(),
-            )
-        })
-        .collect();
-    // Selects a superset (every system with every name), narrowed in Rust.
-    let load = |conn: &mut PgConnection, keys: &[(i32, &str)]| {
-        let systems: Vec<i32> = keys.iter().map(|&(system, _)| system).collect();
-        let names: Vec<&str> = keys.iter().map(|&(_, name)| name).collect();
-        ns::tasker_named_steps
-            .filter(ns::dependent_system_id.eq_any(systems))
-            .filter(ns::name.eq_any(names))
-            .select((ns::dependent_system_id, ns::name, ns::named_step_id))
-            .load::<(i32, String, i32)>(conn)
-    };
-    let mut ids: HashMap<(i32, String), i32> = load(conn, &keys)?
-        .into_iter()
-        .map(|(system, name, id)| ((system, name), id))
-        .collect();
-    let known = |ids: &HashMap<(i32, String), i32>, &(system, name): &(i32, &str)| {
-        ids.contains_key(&(system, name.to_owned()))
-    };
-    let mut missing: Vec<(i32, &str)> = keys
-        .iter()
-        .filter(|key| !known(&ids, key))
-        .copied()
-        .collect();
-    if !missing.is_empty() {
-        missing.sort_unstable();
-        let new_steps: Vec<NewNamedStep> = missing
-            .iter()
-            .map(|&(dependent_system_id, name)| NewNamedStep {
-                dependent_system_id,
-                name,
-                description: None,
-            })
-            .collect();
-        let inserted = diesel::insert_into(ns::tasker_named_steps)
-            .values(&new_steps)
-            .on_conflict((ns::dependent_system_id, ns::name))
-            .do_nothing()
-            .returning((ns::dependent_system_id, ns::name, ns::named_step_id))
-            .get_results::<(i32, String, i32)>(conn)?;
-        ids.extend(
-            inserted
-                .into_iter()
-                .map(|(system, name, id)| ((system, name), id)),
-        );
-        let raced: Vec<(i32, &str)> = missing
-            .into_iter()
-            .filter(|key| !known(&ids, key))
-            .collect();
-        if !raced.is_empty() {
-            ids.extend(
-                load(conn, &raced)?
-                    .into_iter()
-                    .map(|(system, name, id)| ((system, name), id)),
-            );
-        }
-    }
-    keys.iter()
-        .map(|&(system, name)| {
-            ids.get(&(system, name.to_owned()))
-                .copied()
-                .ok_or(diesel::NotFound)
-        })
-        .collect()
-}
-
-/// Adds the template's step templates to the task template where missing;
-/// existing memberships keep their flags.
-fn add_missing_memberships(
-    conn: &mut PgConnection,
-    named_task_id: i32,
-    template: &TaskTemplate,
-    named_step_ids: &[i32],
+    tasks: &[(&TaskRequest<'_>, i64, &Catalog)],
 ) -> QueryResult<()> {
-    use tasker_named_tasks_named_steps::dsl as m;
-    let existing: BTreeSet<i32> = m::tasker_named_tasks_named_steps
-        .filter(m::named_task_id.eq(named_task_id))
-        .filter(m::named_step_id.eq_any(named_step_ids))
-        .select(m::named_step_id)
-        .load::<i32>(conn)?
-        .into_iter()
-        .collect();
-    let mut missing: Vec<NewNamedTaskNamedStep> = template
-        .steps
-        .iter()
-        .zip(named_step_ids)
-        .filter(|(_, id)| !existing.contains(id))
-        .map(|(step, &named_step_id)| NewNamedTaskNamedStep {
-            named_task_id,
-            named_step_id,
-            skippable: Some(step.skippable),
-            default_retryable: Some(step.retryable),
-            default_retry_limit: Some(step.retry_limit),
+    let steps = || {
+        tasks.iter().flat_map(|&(request, task_id, catalog)| {
+            request
+                .template
+                .steps
+                .iter()
+                .zip(&catalog.named_step_ids)
+                .map(move |(step, &named_step_id)| (request, task_id, step, named_step_id))
         })
-        .collect();
-    if missing.is_empty() {
+    };
+    if steps().next().is_none() {
         return Ok(());
     }
-    missing.sort_unstable_by_key(|membership| membership.named_step_id);
-    // The ids are not needed, so a lost race needs no second look-up.
-    diesel::insert_into(m::tasker_named_tasks_named_steps)
-        .values(&missing)
-        .on_conflict((m::named_task_id, m::named_step_id))
-        .do_nothing()
-        .execute(conn)?;
+    let inserted = diesel::sql_query(INSERT_STEPS_SQL)
+        .bind::<Array<BigInt>, _>(
+            steps()
+                .map(|(_, task_id, _, _)| task_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Integer>, _>(steps().map(|(_, _, _, id)| id).collect::<Vec<_>>())
+        .bind::<Array<Bool>, _>(
+            steps()
+                .map(|(_, _, step, _)| step.retryable)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Integer>, _>(
+            steps()
+                .map(|(_, _, step, _)| step.retry_limit)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Bool>, _>(
+            steps()
+                .map(|(_, _, step, _)| step.skippable)
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Nullable<Jsonb>>, _>(
+            steps()
+                .map(|(request, _, step, _)| request.inputs.get(&step.name))
+                .collect::<Vec<_>>(),
+        )
+        .load::<InsertedStep>(conn)?;
+    // RETURNING order is not promised; named_step_id is unique per task.
+    let step_ids: HashMap<(i64, i32), i64> = inserted
+        .into_iter()
+        .map(|step| ((step.task_id, step.named_step_id), step.workflow_step_id))
+        .collect();
+
+    let mut parents = Vec::new();
+    let mut children = Vec::new();
+    let mut bypassed = Vec::new();
+    for &(request, task_id, catalog) in tasks {
+        let template = request.template;
+        let positions: HashMap<&str, usize> = template
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(position, step)| (step.name.as_str(), position))
+            .collect();
+        // Validation made every name here one of the template's steps, and
+        // each step was inserted above.
+        let step_id_of = |name: &str| {
+            positions
+                .get(name)
+                .and_then(|&position| step_ids.get(&(task_id, catalog.named_step_ids[position])))
+                .copied()
+                .ok_or(diesel::NotFound)
+        };
+        for step in &template.steps {
+            let child = step_id_of(&step.name)?;
+            for parent in &step.depends_on {
+                parents.push(step_id_of(parent)?);
+                children.push(child);
+            }
+        }
+        for name in request.bypass_steps.iter().flatten() {
+            bypassed.push(step_id_of(name)?);
+        }
+    }
+    if !parents.is_empty() {
+        diesel::sql_query(INSERT_EDGES_SQL)
+            .bind::<Array<BigInt>, _>(parents)
+            .bind::<Array<BigInt>, _>(children)
+            .bind::<Text, _>(EDGE_NAME)
+            .execute(conn)?;
+    }
+    // A bypassed step is settled at once: resolved manually, which its
+    // children count as complete, with the reason in the transition.
+    if !bypassed.is_empty() {
+        bypassed.sort_unstable();
+        bypassed.dedup();
+        diesel::sql_query(BYPASS_STEPS_SQL)
+            .bind::<Array<BigInt>, _>(bypassed)
+            .bind::<Jsonb, _>(serde_json::json!({ "bypassed": true }))
+            .execute(conn)?;
+    }
     Ok(())
 }

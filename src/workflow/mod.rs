@@ -5,6 +5,7 @@
 //! building a task, one transaction), so it is atomic: a refusal
 //! ([`crate::Refusal`]) leaves nothing written.
 
+mod catalog;
 mod claim;
 mod create;
 mod lifecycle;

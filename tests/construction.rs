@@ -898,7 +898,7 @@ fn a_batch_creates_tasks_of_several_templates_in_request_order() {
         let names: BTreeSet<&str> = step_names(created).into_iter().collect();
         let expected: BTreeSet<&str> = template.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, expected, "{}", template.key());
-        assert_eq!(created.task.context, request.context);
+        assert_eq!(created.task.context.as_ref(), Some(&request.context));
         let roots: BTreeSet<String> = template
             .steps
             .iter()
@@ -1135,7 +1135,7 @@ fn concurrent_batches_sharing_identity_hashes_end_with_one_task_per_hash() {
     for (batch, result) in batches.iter().zip(&results) {
         assert_eq!(batch.len(), result.len());
         for (request, task) in batch.iter().zip(result) {
-            assert_eq!(task.task.context, request.context);
+            assert_eq!(task.task.context.as_ref(), Some(&request.context));
             assert_eq!(task.steps.len(), request.template.steps.len());
             by_context
                 .entry(request.context.to_string())

@@ -1503,3 +1503,78 @@ fn a_parent_completing_while_its_child_is_resolved_does_not_deadlock() {
     assert!(resolved.is_ok(), "resolve_step_manually: {resolved:?}");
     support::assert_maintained_readiness(&mut operator, None);
 }
+
+#[derive(QueryableByName)]
+struct StepId {
+    #[diesel(sql_type = BigInt)]
+    workflow_step_id: i64,
+}
+
+/// Steps created in the same transaction as their edges: counted right
+/// whether they were written with their final parent counts (as
+/// `create_tasks` writes them, so the edges need no second write) or with
+/// none, edges arriving all at once or one statement at a time (as
+/// ActiveRecord saves them), even when a count written in advance happens to
+/// equal what one statement brings.
+#[test]
+fn steps_created_with_their_edges_in_one_transaction_are_counted_exactly() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let template = support::task_with_steps(&mut conn, 8);
+    let task = template.task.task_id;
+    let conn = &mut conn;
+    let ids: Vec<i64> = conn
+        .transaction::<_, diesel::result::Error, _>(|conn| {
+            // A second task of the same template, created here, its steps with
+            // total_parents 0, except n6 (written as if it had its 2 parents).
+            let new_task: StepId = diesel::sql_query(format!(
+                "INSERT INTO tasker_tasks (named_task_id, identity_hash, requested_at)
+                 SELECT named_task_id, 'created-here', now() FROM tasker_tasks WHERE task_id = {task}
+                 RETURNING task_id AS workflow_step_id"
+            ))
+            .get_result(conn)?;
+            let ids: Vec<i64> = diesel::sql_query(format!(
+                "INSERT INTO tasker_workflow_steps (task_id, named_step_id, total_parents)
+                 SELECT {}, named_step_id,
+                        CASE WHEN row_number() OVER (ORDER BY workflow_step_id) = 7 THEN 2 ELSE 0 END
+                 FROM tasker_workflow_steps WHERE task_id = {task} ORDER BY workflow_step_id
+                 RETURNING workflow_step_id",
+                new_task.workflow_step_id
+            ))
+            .load::<StepId>(conn)?
+            .into_iter()
+            .map(|row| row.workflow_step_id)
+            .collect();
+            let mut ids = ids;
+            ids.sort_unstable();
+            support::transition_step(conn, ids[0], StepState::InProgress);
+            support::transition_step(conn, ids[0], StepState::Complete);
+            // One edge per statement into n5, from the complete n0 last: its
+            // second statement finds total_parents 1 = the one edge it brings.
+            for parent in [ids[1], ids[2], ids[3], ids[4], ids[0]] {
+                support::add_edge(conn, parent, ids[5])?;
+            }
+            // Both of n6's edges in one statement, its count written already.
+            execute(
+                conn,
+                &format!(
+                    "INSERT INTO tasker_workflow_step_edges (from_step_id, to_step_id, name)
+                     VALUES ({0}, {2}, 'e'), ({1}, {2}, 'e')",
+                    ids[0], ids[1], ids[6]
+                ),
+            );
+            // n7: one edge, then one more in a second statement.
+            support::add_edge(conn, ids[2], ids[7])?;
+            support::add_edge(conn, ids[0], ids[7])?;
+            Ok(ids)
+        })
+        .unwrap();
+    let parents = |conn: &mut PgConnection, id: i64| {
+        let kept = kept(conn, id);
+        (kept.total_parents, kept.completed_parents)
+    };
+    assert_eq!(parents(conn, ids[5]), (5, 1));
+    assert_eq!(parents(conn, ids[6]), (2, 1));
+    assert_eq!(parents(conn, ids[7]), (2, 1));
+    support::assert_maintained_readiness(conn, None);
+}

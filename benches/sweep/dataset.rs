@@ -1,4 +1,4 @@
-//! The dataset of BENCHMARKS.md, generated server-side into a database of its
+//! The benchmark's dataset, generated server-side into a database of its
 //! own: `dataset.sql` installs the shapes and one fill function per table, and
 //! this module calls them chunk by chunk with a progress bar per phase.
 
@@ -11,14 +11,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tasker_diesel::migrations::run_pending_migrations;
 use tasker_diesel::testing::url_with_database;
 
-use crate::report::{size_label, DatasetStats, Phase};
+use crate::report::{size_label, DatasetStats, LoadComparison, Phase};
 use crate::BoxResult;
 
 const GENERATOR_SQL: &str = include_str!("dataset.sql");
 
 /// Changes whenever `dataset.sql` changes what it generates, so `--reuse`
 /// never reuses data of another kind.
-const GENERATOR_VERSION: &str = "mixed-shapes-v2-maintained-readiness";
+const GENERATOR_VERSION: &str = "mixed-shapes-v3-maintained-readiness";
 
 /// Steps in a group: one task of each shape.
 const STEPS_PER_GROUP: u64 = 216;
@@ -87,49 +87,10 @@ pub fn prepare(server_url: &str, target_steps: u64, reuse: bool) -> BoxResult<Da
     let mut phases = Vec::new();
     timed(&mut phases, "schema", || {
         run_pending_migrations(&mut conn)?;
-        conn.batch_execute(GENERATOR_SQL)?;
-        // Bulk load: the DAGs are acyclic by construction and the ids consistent,
-        // so the foreign-key and edge triggers are skipped (superuser only), and so
-        // are the readiness triggers: the fill functions write that state themselves.
-        // No JIT: each fill is planned again for every chunk, on tables without
-        // statistics, and the compilation those estimates call for costs more than
-        // it saves (0.5 s more for a chunk of steps and their counts).
-        conn.batch_execute(
-            "SET session_replication_role = replica; SET synchronous_commit = off; \
-             SET jit = off;",
-        )?;
-        sql_query(
-            "INSERT INTO bench.dataset (target_steps, groups, generator, started_at) \
-             VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC')",
-        )
-        .bind::<BigInt, _>(target_steps as i64)
-        .bind::<BigInt, _>(groups as i64)
-        .bind::<Text, _>(GENERATOR_VERSION)
-        .execute(&mut conn)?;
-        Ok(())
+        install_generator(&mut conn, target_steps, groups, Load::Dataset)
     })?;
 
-    for (phase, fill) in [
-        (
-            "tasks and their transitions",
-            "bench.insert_tasks($1, $2, d.groups, d.started_at)",
-        ),
-        (
-            "steps",
-            "bench.insert_steps($1, $2, d.groups, d.started_at)",
-        ),
-        ("task step counts", "bench.insert_step_counts($1, $2)"),
-        ("edges", "bench.insert_edges($1, $2)"),
-        (
-            "step transitions",
-            "bench.insert_step_transitions($1, $2, d.groups, d.started_at)",
-        ),
-    ] {
-        let statement = format!("SELECT {fill} FROM bench.dataset AS d");
-        timed(&mut phases, phase, || {
-            fill_in_chunks(&mut conn, phase, &statement, groups)
-        })?;
-    }
+    phases.extend(fill(&mut conn, groups, Load::Dataset)?);
 
     timed(&mut phases, "vacuum analyze", || {
         let spinner = spinner("VACUUM ANALYZE");
@@ -267,4 +228,146 @@ fn measure(conn: &mut PgConnection, phases: Vec<Phase>) -> BoxResult<DatasetStat
         database_bytes: counts.database_bytes as u64,
         phases,
     })
+}
+
+/// How the generator's fill writes: the dataset's fast path, or a load as any
+/// writer of the Tasker schema would run it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Every trigger off (superuser only): the DAGs are acyclic by
+    /// construction and the ids consistent, so the foreign-key and edge checks
+    /// are skipped, and the fill writes the readiness state itself.
+    Dataset,
+    /// The crate's triggers on: they check the DAGs and derive the readiness
+    /// state from the edges and transitions as they arrive.
+    Triggers,
+    /// The same statements with the crate's triggers off (foreign keys still
+    /// checked): what the load costs on the bare Tasker schema.
+    Bare,
+}
+
+/// Installs the generator into a freshly migrated database and records the
+/// dataset it is about to fill.
+fn install_generator(
+    conn: &mut PgConnection,
+    target_steps: u64,
+    groups: u64,
+    load: Load,
+) -> BoxResult<()> {
+    conn.batch_execute(GENERATOR_SQL)?;
+    // No JIT: each fill is planned again for every chunk, on tables without
+    // statistics, and the compilation those estimates call for costs more than
+    // it saves (0.5 s more for a chunk of steps and their counts).
+    conn.batch_execute("SET synchronous_commit = off; SET jit = off;")?;
+    match load {
+        Load::Dataset => conn.batch_execute("SET session_replication_role = replica")?,
+        Load::Triggers => {}
+        Load::Bare => conn.batch_execute(
+            "DO $$ DECLARE t text; BEGIN \
+                 FOR t IN SELECT tablename FROM pg_tables \
+                          WHERE schemaname = 'public' AND tablename LIKE 'tasker\\_%' LOOP \
+                     EXECUTE format('ALTER TABLE %I DISABLE TRIGGER USER', t); \
+                 END LOOP; \
+             END $$",
+        )?,
+    }
+    sql_query(
+        "INSERT INTO bench.dataset (target_steps, groups, generator, started_at) \
+         VALUES ($1, $2, $3, now() AT TIME ZONE 'UTC')",
+    )
+    .bind::<BigInt, _>(target_steps as i64)
+    .bind::<BigInt, _>(groups as i64)
+    .bind::<Text, _>(GENERATOR_VERSION)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Fills the tables, one phase per table, each an `INSERT … SELECT` per chunk
+/// of groups.
+fn fill(conn: &mut PgConnection, groups: u64, load: Load) -> BoxResult<Vec<Phase>> {
+    let maintained = load == Load::Dataset;
+    let steps = format!("bench.insert_steps($1, $2, d.groups, d.started_at, {maintained})");
+    let mut fills = vec![
+        (
+            "tasks and their transitions",
+            "bench.insert_tasks($1, $2, d.groups, d.started_at)".to_owned(),
+        ),
+        ("steps", steps),
+    ];
+    // Otherwise the steps' insert trigger keeps the counts (or, bare, nothing does).
+    if maintained {
+        fills.push((
+            "task step counts",
+            "bench.insert_step_counts($1, $2)".to_owned(),
+        ));
+    }
+    fills.push(("edges", "bench.insert_edges($1, $2)".to_owned()));
+    fills.push((
+        "step transitions",
+        "bench.insert_step_transitions($1, $2, d.groups, d.started_at)".to_owned(),
+    ));
+    let mut phases = Vec::new();
+    for (phase, fill) in fills {
+        let statement = format!("SELECT {fill} FROM bench.dataset AS d");
+        timed(&mut phases, phase, || {
+            fill_in_chunks(conn, phase, &statement, groups)
+        })?;
+    }
+    Ok(phases)
+}
+
+/// Loads the dataset of `target_steps` steps twice, through the ordinary
+/// `INSERT` path: with the crate's triggers on (then checks that the state
+/// they maintained matches the history), and on the bare schema. Each load
+/// gets a database of its own, dropped afterwards.
+pub fn load_comparison(server_url: &str, target_steps: u64) -> BoxResult<LoadComparison> {
+    let groups = target_steps.div_ceil(STEPS_PER_GROUP);
+    let label = size_label(target_steps);
+    let mut admin = PgConnection::establish(server_url)?;
+    let mut timings = Vec::new();
+    for (load, suffix) in [(Load::Triggers, "triggers"), (Load::Bare, "bare")] {
+        let name = format!("tasker_bench_load_{suffix}");
+        let url = url_with_database(server_url, &name);
+        println!(
+            "{label}: C5 loading {} steps, {suffix}, into {name}",
+            groups * STEPS_PER_GROUP
+        );
+        sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin)?;
+        sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
+        let phases = {
+            let mut conn = PgConnection::establish(&url)?;
+            run_pending_migrations(&mut conn)?;
+            install_generator(&mut conn, target_steps, groups, load)?;
+            let phases = fill(&mut conn, groups, load)?;
+            if load == Load::Triggers {
+                let spinner = spinner("checking the maintained readiness against the history");
+                let drift: Vec<Count> =
+                    sql_query("SELECT count(*) AS count FROM tasker_readiness_drift(NULL)")
+                        .load(&mut conn)?;
+                spinner.finish_and_clear();
+                let drift = drift.first().map_or(0, |row| row.count);
+                if drift != 0 {
+                    return Err(
+                        format!("C5: {drift} maintained values differ from the history").into(),
+                    );
+                }
+            }
+            phases
+        };
+        sql_query(format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin)?;
+        timings.push(phases);
+    }
+    let bare = timings.pop().unwrap_or_default();
+    let triggers = timings.pop().unwrap_or_default();
+    Ok(LoadComparison {
+        steps: groups * STEPS_PER_GROUP,
+        triggers,
+        bare,
+    })
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    count: i64,
 }

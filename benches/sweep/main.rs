@@ -1,6 +1,8 @@
-//! The benchmark of `BENCHMARKS.md`: generates datasets of 10K to 10M steps,
-//! checks the legacy views against the functions, times workloads W1-W7 and
-//! the legacy views through the crate's public API, and writes a report.
+//! The benchmark: generates datasets of 10K to 10M steps, checks the legacy
+//! views against the functions, times workloads W1-W7 and the legacy views
+//! through the crate's public API, then creating work (C1-C4) and loading
+//! the dataset the ordinary way with and without the triggers (C5, at the
+//! largest size up to 1M), and writes a report.
 //!
 //! ```text
 //! cargo bench --bench sweep                       # full sweep: 10K, 100K, 1M, 10M steps
@@ -12,6 +14,7 @@
 //! The server is `DATABASE_URL`'s, else 127.0.0.1:5432, else a throwaway
 //! cluster; each size gets a database of its own (`tasker_bench_<steps>`).
 
+mod creation;
 mod dataset;
 mod legacy;
 mod machine;
@@ -47,6 +50,9 @@ usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls
 
 generate only generates a dataset; render writes report.md and the plot of
 DIR/report.json again (after a change to how they are drawn).";
+
+/// The size C5 loads: the largest of the sweep up to this.
+const LOAD_STEPS: u64 = 1_000_000;
 
 /// The workload budget of `--quick`, so that it takes minutes.
 const QUICK_BUDGET: Duration = Duration::from_secs(30);
@@ -138,7 +144,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
             }
             "--reuse" => reuse = true,
             "--out" => out = PathBuf::from(value()?),
-            "-h" | "--help" => return Err("the benchmark of BENCHMARKS.md".to_owned()),
+            "-h" | "--help" => return Err("the tasker-diesel benchmark".to_owned()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -193,8 +199,16 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
                 connection: String::new(),
                 sizes: Vec::new(),
                 notes: Vec::new(),
+                creation: Vec::new(),
+                load: None,
             };
             let server = server_url();
+            let load_steps = sizes
+                .iter()
+                .copied()
+                .filter(|&steps| steps <= LOAD_STEPS)
+                .max()
+                .unwrap_or(LOAD_STEPS);
             for steps in sizes {
                 let dataset = dataset::prepare(server, steps, reuse)?;
                 let run = workloads::run(&dataset.url, &settings, steps)?;
@@ -211,6 +225,13 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
                 report::write_report(&out, &report)?;
                 println!("report written to {}", out.display());
             }
+            let creation = creation::run(server, &settings)?;
+            report.creation = creation.results;
+            report.notes.extend(creation.notes);
+            report::write_report(&out, &report)?;
+            report.load = Some(dataset::load_comparison(server, load_steps)?);
+            report::write_report(&out, &report)?;
+            println!("report written to {}", out.display());
             Ok(())
         }
     }

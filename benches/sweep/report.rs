@@ -1,4 +1,4 @@
-//! The sweep's report: the figures it measured, the BENCHMARKS.md targets they are checked
+//! The sweep's report: the figures it measured, the targets they are checked
 //! against, and the three files written under `target/bench-report/` (`report.json`,
 //! `report.md`, `latency_vs_size.svg`).
 
@@ -38,6 +38,34 @@ pub struct Report {
     pub sizes: Vec<SizeReport>,
     /// Free-form remarks the runner adds.
     pub notes: Vec<String>,
+    /// Creating work through the crate's API (C1-C4), on a database of its own.
+    #[serde(default)]
+    pub creation: Vec<WorkloadResult>,
+    /// The dataset loaded the ordinary way, with and without the triggers (C5).
+    #[serde(default)]
+    pub load: Option<LoadComparison>,
+}
+
+/// The same load of the dataset through plain `INSERT … SELECT` statements,
+/// once with the crate's triggers on and once on the bare schema.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadComparison {
+    /// Steps loaded.
+    pub steps: u64,
+    /// Phases with the triggers on.
+    pub triggers: Vec<Phase>,
+    /// The same phases without the crate's triggers.
+    pub bare: Vec<Phase>,
+}
+
+impl LoadComparison {
+    pub fn triggers_seconds(&self) -> f64 {
+        self.triggers.iter().map(|phase| phase.seconds).sum()
+    }
+
+    pub fn bare_seconds(&self) -> f64 {
+        self.bare.iter().map(|phase| phase.seconds).sum()
+    }
 }
 
 /// The machine the sweep ran on.
@@ -132,7 +160,7 @@ pub struct ReportFile<'a> {
 // Targets
 // ---------------------------------------------------------------------------------------------
 
-/// One row of the BENCHMARKS.md "Targets" table, checked against a report.
+/// One target of the benchmark, checked against a report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetCheck {
     /// What is measured, e.g. "W1 p50 at 10M steps".
@@ -187,7 +215,7 @@ impl Bound {
             Bound::AtMost(limit) => ("≤", limit),
             Bound::AtLeast(limit) => ("≥", limit),
         };
-        // Limits are round numbers: show them as written in BENCHMARKS.md (0.3, 1,000).
+        // Limits are round numbers: show them as written (0.3, 1,000).
         let limit = if limit.fract() == 0.0 {
             format_count(limit as u64)
         } else {
@@ -200,7 +228,7 @@ impl Bound {
 /// A measured value and how to show it, or a sentence saying what is missing.
 type Measured = Result<(f64, String), String>;
 
-/// Checks every target of BENCHMARKS.md against `report`.
+/// Checks every target of the benchmark against `report`.
 pub fn evaluate_targets(report: &Report) -> Vec<TargetCheck> {
     let p50_at_10m = |id: &str, limit: f64| {
         check(
@@ -254,7 +282,75 @@ pub fn evaluate_targets(report: &Report) -> Vec<TargetCheck> {
         }),
     ));
     checks.push(duplicate_claims(report));
+    checks.extend(creation_targets(report));
     checks
+}
+
+/// C1-C5: creating work through the API, and loading it the ordinary way.
+fn creation_targets(report: &Report) -> Vec<TargetCheck> {
+    let workload = |id: &str| report.creation.iter().find(|w| w.id == id);
+    let rate = |id: &str| {
+        let measured = workload(id)
+            .and_then(|w| w.steps_per_second)
+            .map(|rate| (rate, format!("{} steps/s", format_number(rate))))
+            .ok_or_else(|| format!("{id} not measured"));
+        check(
+            format!("{id} create_tasks, batches of 100"),
+            Bound::AtLeast(20_000.0),
+            " steps/s",
+            measured,
+        )
+    };
+    let seconds = |id: &str, limit: f64| {
+        let measured = workload(id)
+            .and_then(|w| w.p50_ms)
+            .map(|ms| (ms / 1_000.0, format_seconds(ms / 1_000.0)))
+            .ok_or_else(|| format!("{id} not measured"));
+        check(
+            format!("{id} create_task"),
+            Bound::AtMost(limit),
+            " s",
+            measured,
+        )
+    };
+    let levels = workload("C4")
+        .and_then(|w| w.p50_ms)
+        .map(|ms| (ms, format_ms(ms)))
+        .ok_or_else(|| "C4 not measured".to_string());
+    let load = report
+        .load
+        .as_ref()
+        .map(|load| {
+            let (on, bare) = (load.triggers_seconds(), load.bare_seconds());
+            let text = format!(
+                "{} ({} ÷ {} at {} steps)",
+                format_number(on / bare),
+                format_seconds(on),
+                format_seconds(bare),
+                format_count(load.steps)
+            );
+            (on / bare, text)
+        })
+        .ok_or_else(|| "C5 not measured".to_string());
+    vec![
+        rate("C1"),
+        rate("C2"),
+        seconds("C3 chain", 0.5),
+        seconds("C3 fan-in", 0.3),
+        seconds("C3 layered", 1.0),
+        check(
+            "C4 calculate_dependency_levels, 10,000-step chain".into(),
+            Bound::AtMost(50.0),
+            " ms",
+            levels,
+        ),
+        check(
+            "C5 ordinary load, triggers on ÷ bare schema".into(),
+            Bound::AtMost(2.0),
+            "",
+            load,
+        ),
+    ]
 }
 
 /// Builds a check from a measured value (or what is missing) and the bound it must respect.
@@ -445,6 +541,7 @@ fn render_markdown(report: &Report, targets: &[TargetCheck]) -> String {
         dataset_section(report),
         latency_section(report),
         throughput_section(report),
+        creation_section(report),
         notes_section(report),
     ];
     let mut markdown = sections
@@ -477,7 +574,7 @@ fn header_section(report: &Report) -> String {
     .join("\n")
 }
 
-/// The BENCHMARKS.md targets with their status.
+/// The targets with their status.
 fn targets_section(targets: &[TargetCheck]) -> String {
     let rows = targets
         .iter()
@@ -637,6 +734,64 @@ fn throughput_section(report: &Report) -> String {
         "## Throughput\n\n{description}\n\n{}",
         by_size_table("measure", &sizes, rows)
     )
+}
+
+/// C1-C4 figures, and the C5 load phase by phase.
+fn creation_section(report: &Report) -> String {
+    let mut parts = Vec::new();
+    if !report.creation.is_empty() {
+        let rows = report
+            .creation
+            .iter()
+            .map(|w| {
+                let cell = |value: Option<f64>, format: fn(f64) -> String| {
+                    value.map_or_else(|| "—".to_string(), format)
+                };
+                vec![
+                    format!("{}: {}", w.id, w.description),
+                    format_count(w.calls),
+                    cell(w.p50_ms, format_ms),
+                    cell(w.p99_ms, format_ms),
+                    cell(w.steps_per_second, format_number),
+                ]
+            })
+            .collect();
+        let header = ["workload", "calls", "p50 ms", "p99 ms", "steps/s"];
+        parts.push(format!(
+            "## Creating work\n\n{}",
+            markdown_table(&header, rows, 1)
+        ));
+    }
+    if let Some(load) = &report.load {
+        let rows = load
+            .triggers
+            .iter()
+            .map(|phase| {
+                let bare = load.bare.iter().find(|b| b.name == phase.name);
+                vec![
+                    phase.name.clone(),
+                    format_seconds(phase.seconds),
+                    bare.map_or_else(|| "—".into(), |b| format_seconds(b.seconds)),
+                    bare.map_or_else(|| "—".into(), |b| format_number(phase.seconds / b.seconds)),
+                ]
+            })
+            .chain(std::iter::once(vec![
+                "total".to_string(),
+                format_seconds(load.triggers_seconds()),
+                format_seconds(load.bare_seconds()),
+                format_number(load.triggers_seconds() / load.bare_seconds()),
+            ]))
+            .collect();
+        let header = ["phase", "triggers on", "bare schema", "ratio"];
+        parts.push(format!(
+            "## Loading the dataset the ordinary way ({} steps)\n\n\
+             One `INSERT … SELECT` per table and chunk, maintained columns left to the \
+             triggers; then the same statements with the crate's triggers disabled.\n\n{}",
+            format_count(load.steps),
+            markdown_table(&header, rows, 1)
+        ));
+    }
+    parts.join("\n\n")
 }
 
 /// The runner's remarks.

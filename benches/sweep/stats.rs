@@ -29,6 +29,11 @@ impl Latencies {
         Some(millis(sorted[rank]))
     }
 
+    /// The time all samples took together.
+    pub fn total(&self) -> Duration {
+        self.samples.iter().sum()
+    }
+
     pub fn max_ms(&self) -> Option<f64> {
         self.samples.iter().max().copied().map(millis)
     }

@@ -1,4 +1,4 @@
-//! Workloads W1-W7 and L of BENCHMARKS.md, run through the crate's public API
+//! Workloads W1-W7 and L, run through the crate's public API
 //! on pooled connections, with buffers per call from `EXPLAIN`.
 
 use std::collections::HashSet;
@@ -42,6 +42,8 @@ pub struct Settings {
     pub workers: usize,
     pub throughput_time: Duration,
     pub claim_batch: u32,
+    /// C1 and C2: how long each creates batches.
+    pub creation_time: Duration,
 }
 
 impl Default for Settings {
@@ -56,6 +58,7 @@ impl Default for Settings {
             workers: 4,
             throughput_time: Duration::from_secs(15),
             claim_batch: 10,
+            creation_time: Duration::from_secs(10),
         }
     }
 }

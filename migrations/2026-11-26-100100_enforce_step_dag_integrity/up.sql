@@ -230,6 +230,7 @@ SET jit = off
 AS $$
 DECLARE
     bad RECORD;
+    tasks bigint[];
     reached bigint[];
     cycle bigint[];
     cycle_length integer;
@@ -258,19 +259,21 @@ BEGIN
     -- order (no deadlock between multi-task statements) and then updated: a
     -- REPEATABLE READ or SERIALIZABLE writer that comes second gets a
     -- serialization failure instead of checking against a stale snapshot; a
-    -- READ COMMITTED one waits and then sees the committed edges.
-    PERFORM 1
-       FROM tasker_tasks t
-      WHERE t.task_id IN (SELECT s.task_id
-                            FROM new_edges n
-                            JOIN tasker_workflow_steps s ON s.workflow_step_id = n.to_step_id)
-      ORDER BY t.task_id
-        FOR NO KEY UPDATE;
-    UPDATE tasker_tasks t
-       SET updated_at = now() AT TIME ZONE 'UTC'
-     WHERE t.task_id IN (SELECT s.task_id
-                           FROM new_edges n
-                           JOIN tasker_workflow_steps s ON s.workflow_step_id = n.to_step_id);
+    -- READ COMMITTED one waits and then sees the committed edges. A task row
+    -- this transaction wrote (xmin: it created the task, or updated it and so
+    -- holds its lock) needs neither: no other writer can reach its graph.
+    tasks := ARRAY(SELECT DISTINCT t.task_id
+                     FROM new_edges n
+                     JOIN tasker_workflow_steps s ON s.workflow_step_id = n.to_step_id
+                     JOIN tasker_tasks t ON t.task_id = s.task_id
+                    WHERE t.xmin <> pg_current_xact_id()::xid);
+    IF tasks <> '{}' THEN
+        PERFORM 1 FROM tasker_tasks t WHERE t.task_id = ANY (tasks)
+         ORDER BY t.task_id
+           FOR NO KEY UPDATE;
+        UPDATE tasker_tasks t SET updated_at = now() AT TIME ZONE 'UTC'
+         WHERE t.task_id = ANY (tasks);
+    END IF;
 
     -- A new cycle runs through a new edge, so it lies inside what the new edges lead
     -- into: their children and everything below them. That part is closed under its
@@ -278,12 +281,11 @@ BEGIN
     reached := tasker_steps_below(ARRAY(SELECT n.to_step_id FROM new_edges n));
 
     SELECT array_agg(l.workflow_step_id ORDER BY l.cycle_position) INTO cycle
-      FROM tasker_topological_levels(
-               reached,
-               ARRAY(SELECT e.from_step_id FROM tasker_workflow_step_edges e
-                      WHERE e.from_step_id = ANY (reached) ORDER BY e.id),
-               ARRAY(SELECT e.to_step_id FROM tasker_workflow_step_edges e
-                      WHERE e.from_step_id = ANY (reached) ORDER BY e.id)) AS l
+      FROM (SELECT coalesce(array_agg(e.from_step_id ORDER BY e.id), '{}') AS from_ids,
+                   coalesce(array_agg(e.to_step_id ORDER BY e.id), '{}') AS to_ids
+              FROM unnest(reached) AS r (step_id)
+              JOIN tasker_workflow_step_edges e ON e.from_step_id = r.step_id) AS edges,
+           tasker_topological_levels(reached, edges.from_ids, edges.to_ids) AS l
      WHERE l.cycle_position IS NOT NULL;
     IF cycle IS NULL THEN
         RETURN NULL;

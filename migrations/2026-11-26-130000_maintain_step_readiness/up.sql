@@ -351,7 +351,9 @@ BEGIN
     -- The parents of the edges first (FOR SHARE: a parent changing state holds FOR NO
     -- KEY UPDATE), so a parent's state change in flight commits before its state is
     -- read here; one that starts later finds the edge. Parents before children, as a
-    -- parent's own state change locks them.
+    -- parent's own state change locks them. A step row this transaction wrote (xmin:
+    -- it created the step, invisible to others, or updated it and holds its lock)
+    -- needs no lock: the steps of a task being created are never locked.
     IF TG_OP = 'DELETE' THEN
         PERFORM FROM tasker_workflow_steps AS s
         WHERE s.workflow_step_id IN (SELECT o.from_step_id FROM old_rows AS o)
@@ -360,6 +362,7 @@ BEGIN
     ELSE
         PERFORM FROM tasker_workflow_steps AS s
         WHERE s.workflow_step_id IN (SELECT n.from_step_id FROM changed_rows AS n)
+          AND s.xmin <> pg_current_xact_id()::xid
         ORDER BY s.workflow_step_id
         FOR SHARE;
     END IF;
@@ -368,22 +371,43 @@ BEGIN
         -- New edges only add parents: count them in, with those already completed.
         PERFORM FROM tasker_workflow_steps AS s
         WHERE s.workflow_step_id IN (SELECT n.to_step_id FROM changed_rows AS n)
+          AND s.xmin <> pg_current_xact_id()::xid
         ORDER BY s.workflow_step_id
         FOR NO KEY UPDATE;
+        -- A child whose every edge is new gets exactly what the new edges bring; any
+        -- other child adds them to its counts. Counting a child's edges costs its
+        -- in-degree, so it is done only for a child this transaction wrote whose total
+        -- already equals its new edges: one created with its final counts (as the
+        -- crate's create_tasks writes its steps), which needs no write at all.
         UPDATE tasker_workflow_steps AS s
-        SET total_parents = s.total_parents + added.total,
-            completed_parents = s.completed_parents + added.completed
+        SET total_parents = counted.total, completed_parents = counted.completed
         FROM (
-            SELECT n.to_step_id,
-                   count(*)::integer AS total,
-                   (count(*) FILTER (
-                       WHERE parent.current_state IN ('complete', 'resolved_manually')))::integer
-                       AS completed
-            FROM changed_rows AS n
-            JOIN tasker_workflow_steps AS parent ON parent.workflow_step_id = n.from_step_id
-            GROUP BY n.to_step_id
-        ) AS added
-        WHERE s.workflow_step_id = added.to_step_id;
+            SELECT child.workflow_step_id,
+                   CASE WHEN checked.only_new THEN added.total
+                        ELSE child.total_parents + added.total END AS total,
+                   CASE WHEN checked.only_new THEN added.completed
+                        ELSE child.completed_parents + added.completed END AS completed
+            FROM (
+                SELECT n.to_step_id,
+                       count(*)::integer AS total,
+                       (count(*) FILTER (
+                           WHERE parent.current_state IN ('complete', 'resolved_manually')))::integer
+                           AS completed
+                FROM changed_rows AS n
+                JOIN tasker_workflow_steps AS parent ON parent.workflow_step_id = n.from_step_id
+                GROUP BY n.to_step_id
+            ) AS added
+            JOIN tasker_workflow_steps AS child ON child.workflow_step_id = added.to_step_id
+            -- OFFSET 0 keeps the count one subquery, evaluated once per child.
+            CROSS JOIN LATERAL (SELECT CASE
+                WHEN child.xmin = pg_current_xact_id()::xid AND child.total_parents = added.total
+                THEN (SELECT count(*) FROM tasker_workflow_step_edges AS e
+                      WHERE e.to_step_id = child.workflow_step_id) = added.total
+                ELSE false END AS only_new
+                OFFSET 0) AS checked
+        ) AS counted
+        WHERE s.workflow_step_id = counted.workflow_step_id
+          AND (s.total_parents, s.completed_parents) IS DISTINCT FROM (counted.total, counted.completed);
         RETURN NULL;
     END IF;
 

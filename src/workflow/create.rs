@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::catalog::{find_or_create_catalogs, Catalog};
-use super::template::{check_length, TaskTemplate, TemplateError, TemplateField};
+use super::template::{check_length, StepTemplate, TaskTemplate, TemplateError, TemplateField};
 use crate::error::{Error, IntegrityRule, Refusal};
 use crate::models::{Task, WorkflowStep};
 use crate::schema::{
@@ -55,15 +55,18 @@ const INSERT_TASKS_SQL: &str = "\
     ON CONFLICT (identity_hash) DO NOTHING \
     RETURNING task_id, identity_hash";
 
-/// Steps, one per element of the arrays, inserted in array order.
+/// Steps, one per element of the arrays, inserted in array order, each with
+/// the number of parents its edges will give it: the edges' trigger then finds
+/// the counts right and writes the steps no second time.
 const INSERT_STEPS_SQL: &str = "\
     INSERT INTO tasker_workflow_steps (task_id, named_step_id, retryable, retry_limit, \
-                                       skippable, inputs) \
-    SELECT s.task_id, s.named_step_id, s.retryable, s.retry_limit, s.skippable, s.inputs \
+                                       skippable, inputs, total_parents) \
+    SELECT s.task_id, s.named_step_id, s.retryable, s.retry_limit, s.skippable, s.inputs, \
+           s.total_parents \
     FROM unnest($1::bigint[], $2::integer[], $3::boolean[], $4::integer[], $5::boolean[], \
-                $6::jsonb[]) \
+                $6::jsonb[], $7::integer[]) \
          WITH ORDINALITY AS s (task_id, named_step_id, retryable, retry_limit, skippable, \
-                               inputs, position) \
+                               inputs, total_parents, position) \
     ORDER BY s.position \
     RETURNING workflow_step_id, task_id, named_step_id";
 
@@ -693,6 +696,11 @@ fn insert_steps_and_edges(
                 .map(|(request, _, step, _)| request.inputs.get(&step.name))
                 .collect::<Vec<_>>(),
         )
+        .bind::<Array<Integer>, _>(
+            steps()
+                .map(|(_, _, step, _)| parent_count(step))
+                .collect::<Vec<_>>(),
+        )
         .load::<InsertedStep>(conn)?;
     // RETURNING order is not promised; named_step_id is unique per task.
     let step_ids: HashMap<(i64, i32), i64> = inserted
@@ -749,4 +757,10 @@ fn insert_steps_and_edges(
             .execute(conn)?;
     }
     Ok(())
+}
+
+/// The parents of a template step (validation allows each once; no template
+/// that fits in memory has more than `i32::MAX`).
+fn parent_count(step: &StepTemplate) -> i32 {
+    i32::try_from(step.depends_on.len()).unwrap_or(i32::MAX)
 }

@@ -329,7 +329,7 @@ enum Outcome {
     /// A task to insert, of the distinct template at this index.
     New { template: usize },
     /// The task already stored with the request's hash.
-    Existing(Task),
+    Existing { task_id: i64 },
     /// The same task as the earlier request at this index.
     SameAs(usize),
 }
@@ -350,7 +350,9 @@ fn create_in_transaction(
         let outcome = if let Some(stored) = stored.remove(hash.as_str()) {
             let task = check_template(request.template, stored)?;
             first_with_hash.insert(hash, index);
-            Outcome::Existing(task)
+            Outcome::Existing {
+                task_id: task.task_id,
+            }
         } else if let Some(&earlier) = first_with_hash.get(hash.as_str()) {
             if request.template.key() != requests[earlier].template.key() {
                 return Err(duplicate_hash(
@@ -399,8 +401,9 @@ fn create_in_transaction(
         let mut found = find_tasks(conn, &raced)?;
         for index in 0..requests.len() {
             if let Some(stored) = found.remove(hashes[index].as_str()) {
-                outcomes[index] =
-                    Outcome::Existing(check_template(requests[index].template, stored)?);
+                outcomes[index] = Outcome::Existing {
+                    task_id: check_template(requests[index].template, stored)?.task_id,
+                };
             }
         }
     }
@@ -418,7 +421,7 @@ fn create_in_transaction(
     // maintained readiness: read everything back as it now is.
     let mut ids: Vec<i64> = created.iter().map(|&(_, task_id, _)| task_id).collect();
     ids.extend(outcomes.iter().filter_map(|outcome| match outcome {
-        Outcome::Existing(task) => Some(task.task_id),
+        Outcome::Existing { task_id } => Some(*task_id),
         _ => None,
     }));
     let tasks: HashMap<i64, Task> = tasker_tasks::table
@@ -452,7 +455,7 @@ fn create_in_transaction(
                 Some(&task_id) => (task_id, true),
                 None => return Err(diesel::NotFound.into()),
             },
-            Outcome::Existing(task) => (task.task_id, false),
+            Outcome::Existing { task_id } => (*task_id, false),
             Outcome::SameAs(earlier) => (results[*earlier].task.task_id, false),
         };
         // Only a task found here, not created here, can be deleted meanwhile.

@@ -1578,3 +1578,257 @@ fn steps_created_with_their_edges_in_one_transaction_are_counted_exactly() {
     assert_eq!(parents(conn, ids[7]), (2, 1));
     support::assert_maintained_readiness(conn, None);
 }
+
+// Multi-row statements of every kind -------------------------------------------------
+
+/// What one case of [`multi_row_statements_keep_maintained_readiness_exact`]
+/// writes: per task of ten steps, the edges (`i < j`, so acyclic) and, per
+/// step, a fate and membership in the subsets the later statements touch.
+#[derive(Debug, Clone)]
+struct MultiRowCase {
+    edges: [Vec<(usize, usize)>; 2],
+    /// 0: no transition; 1: in_progress; 2: complete; 3: error.
+    fates: [Vec<u8>; 2],
+    /// Steps whose counters the multi-row UPDATE of steps changes.
+    updated: [Vec<bool>; 2],
+    /// Steps whose error is rewritten to complete, and whose current
+    /// transition is then unmarked.
+    rewritten: [Vec<bool>; 2],
+    /// Edges deleted (by index into `edges`).
+    deleted_edges: [Vec<bool>; 2],
+    /// Steps whose last transition is deleted.
+    undone: [Vec<bool>; 2],
+    /// Steps deleted, then inserted again with edges from the remaining roots.
+    replaced: [Vec<bool>; 2],
+}
+
+fn multi_row_case() -> impl Strategy<Value = MultiRowCase> {
+    let edges = proptest::collection::btree_set((0usize..10, 0usize..10), 0..25)
+        .prop_map(|set| set.into_iter().filter(|(a, b)| a < b).collect::<Vec<_>>());
+    let bits = || proptest::collection::vec(any::<bool>(), 10);
+    let edge_bits = || proptest::collection::vec(any::<bool>(), 25);
+    (
+        [edges.clone(), edges],
+        [
+            proptest::collection::vec(0u8..4, 10),
+            proptest::collection::vec(0u8..4, 10),
+        ],
+        [bits(), bits()],
+        [bits(), bits()],
+        [edge_bits(), edge_bits()],
+        [bits(), bits()],
+        [bits(), bits()],
+    )
+        .prop_map(
+            |(edges, fates, updated, rewritten, deleted_edges, undone, replaced)| MultiRowCase {
+                edges,
+                fates,
+                updated,
+                rewritten,
+                deleted_edges,
+                undone,
+                replaced,
+            },
+        )
+}
+
+/// `ids` where `bits` is set, as a SQL list (None when empty).
+fn chosen(ids: &[i64], bits: &[bool]) -> Option<String> {
+    let list: Vec<String> = ids
+        .iter()
+        .zip(bits)
+        .filter(|(_, &bit)| bit)
+        .map(|(id, _)| id.to_string())
+        .collect();
+    (!list.is_empty()).then(|| list.join(", "))
+}
+
+/// Each statement writes rows of both tasks at once, and the check runs
+/// after each: inserts, updates and deletes of edges, transitions and steps,
+/// many rows per statement.
+fn run_multi_row_case(case: &MultiRowCase) -> Result<(), TestCaseError> {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let conn = &mut conn;
+    let tasks = [
+        support::task_with_steps(conn, 10),
+        support::task_with_steps(conn, 10),
+    ];
+    let ids: Vec<Vec<i64>> = tasks.iter().map(|t| t.step_ids()).collect();
+    let check = |conn: &mut PgConnection, what: &str| {
+        support::check_maintained_readiness(conn, None)
+            .map_err(|message| TestCaseError::fail(format!("after {what}: {message}")))
+    };
+
+    let values: Vec<String> = (0..2)
+        .flat_map(|t| {
+            let ids = &ids[t];
+            case.edges[t]
+                .iter()
+                .map(move |&(a, b)| format!("({}, {}, 'e')", ids[a], ids[b]))
+        })
+        .collect();
+    if !values.is_empty() {
+        execute(
+            conn,
+            &format!(
+                "INSERT INTO tasker_workflow_step_edges (from_step_id, to_step_id, name) VALUES {}",
+                values.join(", ")
+            ),
+        );
+        check(conn, "inserting edges")?;
+    }
+
+    let mut rows = Vec::new();
+    for t in 0..2 {
+        for (step, &fate) in ids[t].iter().zip(&case.fates[t]) {
+            if fate == 0 {
+                continue;
+            }
+            rows.push(format!(
+                "({step}, 'in_progress', 'pending', 1, {})",
+                fate == 1
+            ));
+            if fate > 1 {
+                let to = if fate == 2 { "complete" } else { "error" };
+                rows.push(format!("({step}, '{to}', 'in_progress', 2, true)"));
+            }
+        }
+    }
+    if !rows.is_empty() {
+        execute(
+            conn,
+            &format!(
+                "INSERT INTO tasker_workflow_step_transitions
+                     (workflow_step_id, to_state, from_state, sort_key, most_recent)
+                 VALUES {}",
+                rows.join(", ")
+            ),
+        );
+        check(conn, "inserting transitions")?;
+    }
+
+    let all: Vec<i64> = ids.concat();
+    let pick = |subsets: &[Vec<bool>; 2]| chosen(&all, &subsets.concat());
+    if let Some(list) = pick(&case.updated) {
+        execute(
+            conn,
+            &format!(
+                "UPDATE tasker_workflow_steps
+                 SET attempts = coalesce(attempts, 0) + 1, retryable = NOT retryable,
+                     backoff_request_seconds = 5, last_attempted_at = now() AT TIME ZONE 'UTC'
+                 WHERE workflow_step_id IN ({list})"
+            ),
+        );
+        check(conn, "updating steps")?;
+    }
+    if let Some(list) = pick(&case.rewritten) {
+        execute(
+            conn,
+            &format!(
+                "UPDATE tasker_workflow_step_transitions SET to_state = 'complete'
+                 WHERE most_recent AND to_state = 'error' AND workflow_step_id IN ({list})"
+            ),
+        );
+        check(conn, "rewriting transitions")?;
+        execute(
+            conn,
+            &format!(
+                "UPDATE tasker_workflow_step_transitions SET most_recent = false
+                 WHERE most_recent AND workflow_step_id IN ({list})"
+            ),
+        );
+        check(conn, "unmarking current transitions")?;
+    }
+    let edge_ids: Vec<(i64, i64)> = (0..2)
+        .flat_map(|t| {
+            let ids = &ids[t];
+            case.edges[t]
+                .iter()
+                .zip(&case.deleted_edges[t])
+                .filter(|(_, &bit)| bit)
+                .map(move |(&(a, b), _)| (ids[a], ids[b]))
+        })
+        .collect();
+    if !edge_ids.is_empty() {
+        let pairs: Vec<String> = edge_ids
+            .iter()
+            .map(|(a, b)| format!("({a}, {b})"))
+            .collect();
+        execute(
+            conn,
+            &format!(
+                "DELETE FROM tasker_workflow_step_edges
+                 WHERE (from_step_id, to_step_id) IN ({})",
+                pairs.join(", ")
+            ),
+        );
+        check(conn, "deleting edges")?;
+    }
+    if let Some(list) = pick(&case.undone) {
+        execute(
+            conn,
+            &format!(
+                "DELETE FROM tasker_workflow_step_transitions AS t
+                 WHERE t.workflow_step_id IN ({list})
+                   AND t.sort_key = (SELECT max(sort_key) FROM tasker_workflow_step_transitions AS l
+                                     WHERE l.workflow_step_id = t.workflow_step_id)"
+            ),
+        );
+        check(conn, "deleting transitions")?;
+    }
+    if let Some(list) = pick(&case.replaced) {
+        // Deleted with their edges and transitions, then inserted again in one
+        // statement, then given edges from every step left of their task.
+        execute(
+            conn,
+            &format!("DELETE FROM tasker_workflow_steps WHERE workflow_step_id IN ({list})"),
+        );
+        check(conn, "deleting steps")?;
+        let back: Vec<StepId> = diesel::sql_query(
+            "INSERT INTO tasker_workflow_steps (task_id, named_step_id)
+             SELECT t.task_id, n.named_step_id
+             FROM tasker_tasks AS t CROSS JOIN tasker_named_steps AS n
+             WHERE NOT EXISTS (SELECT FROM tasker_workflow_steps AS s
+                               WHERE s.task_id = t.task_id AND s.named_step_id = n.named_step_id)
+             RETURNING workflow_step_id",
+        )
+        .load(conn)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        check(conn, "inserting steps")?;
+        if !back.is_empty() {
+            let list: Vec<String> = back
+                .iter()
+                .map(|s| s.workflow_step_id.to_string())
+                .collect();
+            execute(
+                conn,
+                &format!(
+                    "INSERT INTO tasker_workflow_step_edges (from_step_id, to_step_id, name)
+                     SELECT parent.workflow_step_id, child.workflow_step_id, 'again'
+                     FROM tasker_workflow_steps AS child
+                     JOIN tasker_workflow_steps AS parent
+                       ON parent.task_id = child.task_id
+                      AND parent.workflow_step_id NOT IN ({0})
+                     WHERE child.workflow_step_id IN ({0})",
+                    list.join(", ")
+                ),
+            );
+            check(conn, "inserting edges to the new steps")?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn multi_row_statements_keep_maintained_readiness_exact() {
+    let config = ProptestConfig {
+        cases: 32,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = TestRunner::new(config);
+    runner
+        .run(&multi_row_case(), |case| run_multi_row_case(&case))
+        .unwrap();
+}

@@ -18,7 +18,7 @@ const GENERATOR_SQL: &str = include_str!("dataset.sql");
 
 /// Changes whenever `dataset.sql` changes what it generates, so `--reuse`
 /// never reuses data of another kind.
-const GENERATOR_VERSION: &str = "mixed-shapes-v3-maintained-readiness";
+const GENERATOR_VERSION: &str = "mixed-shapes-v3-triggers-on";
 
 /// Steps in a group: one task of each shape.
 const STEPS_PER_GROUP: u64 = 216;
@@ -87,10 +87,13 @@ pub fn prepare(server_url: &str, target_steps: u64, reuse: bool) -> BoxResult<Da
     let mut phases = Vec::new();
     timed(&mut phases, "schema", || {
         run_pending_migrations(&mut conn)?;
-        install_generator(&mut conn, target_steps, groups, Load::Dataset)
+        install_generator(&mut conn, target_steps, groups, Load::Triggers)
     })?;
 
-    phases.extend(fill(&mut conn, groups, Load::Dataset)?);
+    phases.extend(fill(&mut conn, groups)?);
+    if target_steps <= DRIFT_CHECK_STEPS {
+        timed(&mut phases, "drift check", || check_drift(&mut conn))?;
+    }
 
     timed(&mut phases, "vacuum analyze", || {
         let spinner = spinner("VACUUM ANALYZE");
@@ -230,14 +233,24 @@ fn measure(conn: &mut PgConnection, phases: Vec<Phase>) -> BoxResult<DatasetStat
     })
 }
 
-/// How the generator's fill writes: the dataset's fast path, or a load as any
-/// writer of the Tasker schema would run it.
+/// Sizes up to this are checked against the history after generation (the
+/// check reads every step's history: minutes at 10M).
+const DRIFT_CHECK_STEPS: u64 = 1_000_000;
+
+/// The phases of a generation that load data (not the schema, the drift
+/// check or `VACUUM ANALYZE`).
+pub const FILL_PHASES: [&str; 4] = [
+    "tasks and their transitions",
+    "steps",
+    "edges",
+    "step transitions",
+];
+
+/// How the generator's fill writes: as any writer of the Tasker schema would,
+/// one `INSERT … SELECT` per table and chunk, the maintained columns left to
+/// the triggers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Load {
-    /// Every trigger off (superuser only): the DAGs are acyclic by
-    /// construction and the ids consistent, so the foreign-key and edge checks
-    /// are skipped, and the fill writes the readiness state itself.
-    Dataset,
     /// The crate's triggers on: they check the DAGs and derive the readiness
     /// state from the edges and transitions as they arrive.
     Triggers,
@@ -257,19 +270,17 @@ fn install_generator(
     conn.batch_execute(GENERATOR_SQL)?;
     // No JIT: each fill is planned again for every chunk, on tables without
     // statistics, and the compilation those estimates call for costs more than
-    // it saves (0.5 s more for a chunk of steps and their counts).
+    // it saves.
     conn.batch_execute("SET synchronous_commit = off; SET jit = off;")?;
-    match load {
-        Load::Dataset => conn.batch_execute("SET session_replication_role = replica")?,
-        Load::Triggers => {}
-        Load::Bare => conn.batch_execute(
+    if load == Load::Bare {
+        conn.batch_execute(
             "DO $$ DECLARE t text; BEGIN \
                  FOR t IN SELECT tablename FROM pg_tables \
                           WHERE schemaname = 'public' AND tablename LIKE 'tasker\\_%' LOOP \
                      EXECUTE format('ALTER TABLE %I DISABLE TRIGGER USER', t); \
                  END LOOP; \
              END $$",
-        )?,
+        )?;
     }
     sql_query(
         "INSERT INTO bench.dataset (target_steps, groups, generator, started_at) \
@@ -282,32 +293,17 @@ fn install_generator(
     Ok(())
 }
 
-/// Fills the tables, one phase per table, each an `INSERT … SELECT` per chunk
-/// of groups.
-fn fill(conn: &mut PgConnection, groups: u64, load: Load) -> BoxResult<Vec<Phase>> {
-    let maintained = load == Load::Dataset;
-    let steps = format!("bench.insert_steps($1, $2, d.groups, d.started_at, {maintained})");
-    let mut fills = vec![
-        (
-            "tasks and their transitions",
-            "bench.insert_tasks($1, $2, d.groups, d.started_at)".to_owned(),
-        ),
-        ("steps", steps),
+/// Fills the tables, one phase per table (see [`FILL_PHASES`]), each an
+/// `INSERT … SELECT` per chunk of groups.
+fn fill(conn: &mut PgConnection, groups: u64) -> BoxResult<Vec<Phase>> {
+    let fills = [
+        "bench.insert_tasks($1, $2, d.groups, d.started_at)",
+        "bench.insert_steps($1, $2, d.groups, d.started_at)",
+        "bench.insert_edges($1, $2)",
+        "bench.insert_step_transitions($1, $2, d.groups, d.started_at)",
     ];
-    // Otherwise the steps' insert trigger keeps the counts (or, bare, nothing does).
-    if maintained {
-        fills.push((
-            "task step counts",
-            "bench.insert_step_counts($1, $2)".to_owned(),
-        ));
-    }
-    fills.push(("edges", "bench.insert_edges($1, $2)".to_owned()));
-    fills.push((
-        "step transitions",
-        "bench.insert_step_transitions($1, $2, d.groups, d.started_at)".to_owned(),
-    ));
     let mut phases = Vec::new();
-    for (phase, fill) in fills {
+    for (phase, fill) in FILL_PHASES.into_iter().zip(fills) {
         let statement = format!("SELECT {fill} FROM bench.dataset AS d");
         timed(&mut phases, phase, || {
             fill_in_chunks(conn, phase, &statement, groups)
@@ -316,49 +312,50 @@ fn fill(conn: &mut PgConnection, groups: u64, load: Load) -> BoxResult<Vec<Phase
     Ok(phases)
 }
 
-/// Loads the dataset of `target_steps` steps twice, through the ordinary
-/// `INSERT` path: with the crate's triggers on (then checks that the state
-/// they maintained matches the history), and on the bare schema. Each load
-/// gets a database of its own, dropped afterwards.
-pub fn load_comparison(server_url: &str, target_steps: u64) -> BoxResult<LoadComparison> {
-    let groups = target_steps.div_ceil(STEPS_PER_GROUP);
-    let label = size_label(target_steps);
-    let mut admin = PgConnection::establish(server_url)?;
-    let mut timings = Vec::new();
-    for (load, suffix) in [(Load::Triggers, "triggers"), (Load::Bare, "bare")] {
-        let name = format!("tasker_bench_load_{suffix}");
-        let url = url_with_database(server_url, &name);
-        println!(
-            "{label}: C5 loading {} steps, {suffix}, into {name}",
-            groups * STEPS_PER_GROUP
-        );
-        sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin)?;
-        sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
-        let phases = {
-            let mut conn = PgConnection::establish(&url)?;
-            run_pending_migrations(&mut conn)?;
-            install_generator(&mut conn, target_steps, groups, load)?;
-            let phases = fill(&mut conn, groups, load)?;
-            if load == Load::Triggers {
-                let spinner = spinner("checking the maintained readiness against the history");
-                let drift: Vec<Count> =
-                    sql_query("SELECT count(*) AS count FROM tasker_readiness_drift(NULL)")
-                        .load(&mut conn)?;
-                spinner.finish_and_clear();
-                let drift = drift.first().map_or(0, |row| row.count);
-                if drift != 0 {
-                    return Err(
-                        format!("C5: {drift} maintained values differ from the history").into(),
-                    );
-                }
-            }
-            phases
-        };
-        sql_query(format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin)?;
-        timings.push(phases);
+/// Fails unless the state the triggers maintained matches the history.
+fn check_drift(conn: &mut PgConnection) -> BoxResult<()> {
+    let spinner = spinner("checking the maintained readiness against the history");
+    let drift: Vec<Count> =
+        sql_query("SELECT count(*) AS count FROM tasker_readiness_drift(NULL)").load(conn)?;
+    spinner.finish_and_clear();
+    match drift.first().map_or(0, |row| row.count) {
+        0 => Ok(()),
+        drift => Err(format!("{drift} maintained values differ from the history").into()),
     }
-    let bare = timings.pop().unwrap_or_default();
-    let triggers = timings.pop().unwrap_or_default();
+}
+
+/// C5: the load of `dataset` (generated with the triggers on) against the
+/// same statements on the bare schema, in a database of its own, dropped
+/// afterwards.
+pub fn load_comparison(
+    server_url: &str,
+    dataset: &DatasetStats,
+    target_steps: u64,
+) -> BoxResult<LoadComparison> {
+    let groups = target_steps.div_ceil(STEPS_PER_GROUP);
+    let name = "tasker_bench_load_bare";
+    let url = url_with_database(server_url, name);
+    println!(
+        "{}: C5 loading {} steps without the crate's triggers into {name}",
+        size_label(target_steps),
+        groups * STEPS_PER_GROUP
+    );
+    let mut admin = PgConnection::establish(server_url)?;
+    sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin)?;
+    sql_query(format!("CREATE DATABASE {name}")).execute(&mut admin)?;
+    let bare = {
+        let mut conn = PgConnection::establish(&url)?;
+        run_pending_migrations(&mut conn)?;
+        install_generator(&mut conn, target_steps, groups, Load::Bare)?;
+        fill(&mut conn, groups)?
+    };
+    sql_query(format!("DROP DATABASE {name} WITH (FORCE)")).execute(&mut admin)?;
+    let triggers = dataset
+        .phases
+        .iter()
+        .filter(|phase| FILL_PHASES.contains(&phase.name.as_str()))
+        .cloned()
+        .collect();
     Ok(LoadComparison {
         steps: groups * STEPS_PER_GROUP,
         triggers,

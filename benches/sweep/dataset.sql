@@ -13,11 +13,12 @@
 -- transitions need no joins. One group in five is active (g % 5 = 2); the rest is
 -- history. Every random choice is a hash of ids: the same size gives the same data.
 --
--- The dataset's fill runs with every trigger off, so the readiness state the triggers
--- would maintain (each step's current_state, last_failure_at and parent counts, each
--- task's tasker_task_step_counts row) is written by the fill itself, from the same
--- fates. The load comparison runs the same fill the ordinary way instead: triggers on,
--- maintained columns left to them (and once more with the crate's triggers off).
+-- The fill is what any writer of the Tasker schema would run: one INSERT … SELECT per
+-- table and chunk, with the crate's triggers on. It writes the columns a Rails-era
+-- writer writes (flags, attempts, timestamps, claims) and leaves the maintained ones
+-- (each step's current_state, last_failure_at and parent counts, each task's
+-- tasker_task_step_counts row) to the triggers, which derive them from the edges and
+-- transitions as they arrive.
 
 CREATE SCHEMA bench;
 
@@ -51,7 +52,6 @@ CREATE TABLE bench.shape_step (
     level int NOT NULL,
     group_offset int,
     named_step_id int,
-    parents int,
     PRIMARY KEY (shape, pos)
 );
 INSERT INTO bench.shape_step (shape, pos, level)
@@ -81,9 +81,6 @@ INSERT INTO bench.shape_edge (shape, from_pos, to_pos)
 UPDATE bench.shape_edge AS se
     SET from_offset = s.step_offset + se.from_pos, to_offset = s.step_offset + se.to_pos
     FROM bench.shape AS s WHERE s.shape = se.shape;
--- A step's total_parents: the edges leading to it.
-UPDATE bench.shape_step AS ss SET parents = (
-    SELECT count(*) FROM bench.shape_edge AS se WHERE se.shape = ss.shape AND se.to_pos = ss.pos);
 
 -- What happened to a step, and the history that leaves: its transitions in order
 -- (the last one is most_recent) and the flags the write path would have set.
@@ -92,11 +89,7 @@ CREATE TABLE bench.fate (
     attempts int NOT NULL,
     last_attempt_sort int,
     processed boolean NOT NULL,
-    in_process boolean NOT NULL,
-    -- Set from bench.fate_history below: the step's current_state (to_state of its
-    -- last transition, pending without one) and the sort key of that transition.
-    current_state tasker_step_state NOT NULL DEFAULT 'pending',
-    last_sort_key int
+    in_process boolean NOT NULL
 );
 INSERT INTO bench.fate VALUES
     ('pending', 0, NULL, false, false),
@@ -130,8 +123,6 @@ INSERT INTO bench.fate_history VALUES
     ('error_twice', 3, 'error', 'pending', false),
     ('error_twice', 4, 'pending', 'in_progress', false),
     ('error_twice', 5, 'in_progress', 'error', true);
-UPDATE bench.fate AS f SET current_state = h.to_state, last_sort_key = h.sort_key
-    FROM bench.fate_history AS h WHERE h.fate = f.fate AND h.most_recent;
 
 -- A non-negative pseudo-random number below n, from a key.
 CREATE FUNCTION bench.pick(key bigint, n int) RETURNS int
@@ -172,15 +163,15 @@ RETURNS timestamp
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN started_at + level * interval '1 minute' + sort_key * interval '5 seconds';
 
--- Steps with their place in the group, their number of parents and their fate, for
+-- Steps with their place in the group and their fate, for
 -- groups first_group .. last_group.
 CREATE FUNCTION bench.planned_steps(first_group bigint, last_group bigint, groups bigint, generated_at timestamp)
 RETURNS TABLE (g bigint, task_id bigint, workflow_step_id bigint, group_offset int,
-               named_step_id int, level int, parents int, started_at timestamp, fate text)
+               named_step_id int, level int, started_at timestamp, fate text)
 LANGUAGE sql STABLE
 AS $$
     SELECT g, g * 5 + s.shape + 1, g * 216 + ss.group_offset + 1, ss.group_offset,
-           ss.named_step_id, ss.level, ss.parents,
+           ss.named_step_id, ss.level,
            bench.task_started_at(g, groups, generated_at),
            bench.step_fate(g, s.shape, g * 216 + ss.group_offset + 1, ss.level, s.max_level)
     FROM generate_series(first_group, last_group) AS g
@@ -215,33 +206,15 @@ AS $$
     WHERE h.sort_key = 1 OR NOT bench.active(g);
 $$;
 
--- Steps. With `maintained`, they carry the readiness state their history leaves:
--- current_state and last_failure_at from their fate (last_failure_at is when
--- insert_step_transitions dates their last transition), total_parents from the shape
--- and completed_parents from their parents' fates. Without it they carry only what any
--- writer of the Tasker schema writes (the maintained columns keep their defaults), as
--- when the triggers are on and derive that state from the edges and transitions.
-CREATE FUNCTION bench.insert_steps(first_group bigint, last_group bigint, groups bigint, generated_at timestamp,
-                                   maintained boolean)
+-- Steps, with what the write path would have left in the columns it owns.
+CREATE FUNCTION bench.insert_steps(first_group bigint, last_group bigint, groups bigint, generated_at timestamp)
 RETURNS void
 LANGUAGE sql
 AS $$
-    -- Parents not complete, counted per child: completed_parents is total_parents less
-    -- them. A historical task finished every step, so only active groups have any.
-    WITH unfinished_parents AS (
-        SELECT p.g * 216 + e.to_offset + 1 AS workflow_step_id, count(*) AS parents
-        FROM bench.planned_steps(first_group, last_group, groups, generated_at) AS p
-        JOIN bench.fate AS f USING (fate)
-        JOIN bench.shape_edge AS e ON e.from_offset = p.group_offset
-        WHERE maintained AND bench.active(p.g)
-          AND f.current_state NOT IN ('complete', 'resolved_manually')
-        GROUP BY 1
-    )
     INSERT INTO tasker_workflow_steps (workflow_step_id, task_id, named_step_id, retryable,
                                        retry_limit, in_process, processed, processed_at, attempts,
                                        last_attempted_at, backoff_request_seconds, skippable,
-                                       created_at, updated_at, claimed_until, current_state,
-                                       last_failure_at, total_parents, completed_parents)
+                                       created_at, updated_at, claimed_until)
     SELECT p.workflow_step_id, p.task_id, p.named_step_id, true, 3, f.in_process, f.processed,
            CASE WHEN f.processed THEN bench.step_time(p.started_at, p.level, f.last_attempt_sort + 1) END,
            f.attempts,
@@ -250,27 +223,9 @@ AS $$
            CASE WHEN f.fate LIKE 'error%' AND bench.pick(-p.workflow_step_id, 2) = 0 THEN 86400 END,
            false, p.started_at, p.started_at,
            -- Steps in progress are held by a live claim.
-           CASE WHEN f.in_process THEN generated_at + interval '1 day' END,
-           CASE WHEN maintained THEN f.current_state ELSE 'pending' END,
-           CASE WHEN maintained AND f.current_state = 'error'
-                THEN bench.step_time(p.started_at, p.level, f.last_sort_key) END,
-           CASE WHEN maintained THEN p.parents ELSE 0 END,
-           CASE WHEN maintained THEN p.parents - coalesce(u.parents, 0) ELSE 0 END
+           CASE WHEN f.in_process THEN generated_at + interval '1 day' END
     FROM bench.planned_steps(first_group, last_group, groups, generated_at) AS p
     JOIN bench.fate AS f USING (fate)
-    LEFT JOIN unfinished_parents AS u USING (workflow_step_id)
-$$;
-
--- The tasker_task_step_counts row of each task of the groups, counted from its steps
--- as inserted, by the migration's own recount.
-CREATE FUNCTION bench.insert_step_counts(first_group bigint, last_group bigint)
-RETURNS void
-LANGUAGE sql
-AS $$
-    INSERT INTO tasker_task_step_counts
-    SELECT counted.*
-    FROM generate_series(first_group * 5 + 1, last_group * 5 + 5) AS task (task_id)
-    CROSS JOIN LATERAL tasker_task_step_recount(task.task_id) AS counted
 $$;
 
 CREATE FUNCTION bench.insert_edges(first_group bigint, last_group bigint)

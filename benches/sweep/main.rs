@@ -229,7 +229,12 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
             report.creation = creation.results;
             report.notes.extend(creation.notes);
             report::write_report(&out, &report)?;
-            report.load = Some(dataset::load_comparison(server, load_steps)?);
+            // The triggers-on side of C5 is the generation of that size.
+            let generated = match report.sizes.iter().find(|s| s.target_steps == load_steps) {
+                Some(size) => size.dataset.clone(),
+                None => dataset::prepare(server, load_steps, true)?.stats,
+            };
+            report.load = Some(dataset::load_comparison(server, &generated, load_steps)?);
             report::write_report(&out, &report)?;
             println!("report written to {}", out.display());
             Ok(())

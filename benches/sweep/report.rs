@@ -784,9 +784,10 @@ fn creation_section(report: &Report) -> String {
             .collect();
         let header = ["phase", "triggers on", "bare schema", "ratio"];
         parts.push(format!(
-            "## Loading the dataset the ordinary way ({} steps)\n\n\
-             One `INSERT … SELECT` per table and chunk, maintained columns left to the \
-             triggers; then the same statements with the crate's triggers disabled.\n\n{}",
+            "## Loading the dataset with and without the triggers ({} steps)\n\n\
+             The generation (one `INSERT … SELECT` per table and chunk, maintained columns \
+             left to the triggers), and the same statements with the crate's triggers \
+             disabled.\n\n{}",
             format_count(load.steps),
             markdown_table(&header, rows, 1)
         ));

@@ -1680,8 +1680,8 @@ fn run_multi_row_case(case: &MultiRowCase) -> Result<(), TestCaseError> {
     }
 
     let mut rows = Vec::new();
-    for t in 0..2 {
-        for (step, &fate) in ids[t].iter().zip(&case.fates[t]) {
+    for (task_ids, fates) in ids.iter().zip(&case.fates) {
+        for (step, &fate) in task_ids.iter().zip(fates) {
             if fate == 0 {
                 continue;
             }

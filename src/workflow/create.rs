@@ -288,16 +288,17 @@ pub fn create_task(
 ///    template, the result is [`Error::Integrity`] with
 ///    [`IntegrityRule::DuplicateIdentityHash`].
 /// 3. The catalog rows (namespace, dependent systems, task template, step
-///    templates, their memberships) of each distinct template are found by
-///    their unique keys or inserted, in a fixed order so concurrent creators
-///    cannot deadlock. Existing catalog rows are not updated: step instances
-///    take their flags from the request's template, not from the stored
-///    membership.
+///    templates, their memberships) of every template of the batch are found
+///    by their unique keys or inserted, one statement per table, in a fixed
+///    order so concurrent creators cannot deadlock. Existing catalog rows are
+///    not updated: step instances take their flags from the request's
+///    template, not from the stored membership.
 /// 4. The tasks in one statement (sorted by identity hash, so two batches
 ///    that share hashes wait for each other instead of deadlocking), then all
-///    their steps in one statement and all edges (parent to child, named
-///    [`EDGE_NAME`]) in another, whose triggers check the whole graph in one
-///    pass. No transition is written (a step without one is pending) except
+///    their steps in one statement (each with its final parent count, so
+///    the edges need not write it again) and all edges (parent to child,
+///    named [`EDGE_NAME`]) in another, whose triggers check the whole graph
+///    in one topological pass. No transition is written (a step without one is pending) except
 ///    for the bypassed steps, which are moved to `resolved_manually` with
 ///    `{"bypassed": true}`: they never run, and their children count them as
 ///    complete.

@@ -81,10 +81,14 @@ const NAMED_STEPS_SQL: &str = "\
         ORDER BY w.dependent_system_id, w.name \
         ON CONFLICT (dependent_system_id, name) DO NOTHING \
         RETURNING dependent_system_id, name, named_step_id) \
-    SELECT dependent_system_id, name, named_step_id AS id FROM inserted \
+    SELECT dependent_system_id, name, named_step_id AS id, true AS inserted FROM inserted \
     UNION ALL \
-    SELECT s.dependent_system_id, s.name, s.named_step_id \
+    SELECT s.dependent_system_id, s.name, s.named_step_id, false \
     FROM tasker_named_steps AS s JOIN wanted USING (dependent_system_id, name)";
+
+/// Step templates inserted in one call past which the table's statistics are
+/// refreshed (see [`find_or_create_catalogs`]).
+const ANALYZE_AFTER_NEW_STEPS: usize = 1_000;
 
 /// Memberships (task template `$1`, step template `$2`) not stored yet, with
 /// the flags `$3..$5` of the first request for them; existing ones keep
@@ -177,17 +181,28 @@ pub(super) fn find_or_create_catalogs(
             )
         })
         .collect();
+    let mut new_steps = 0;
     let step_ids = keyed_ids(conn, &step_keys, |conn| {
         diesel::sql_query(NAMED_STEPS_SQL)
             .bind::<Array<Integer>, _>(step_keys.iter().map(|k| k.0).collect::<Vec<_>>())
             .bind::<Array<Text>, _>(step_keys.iter().map(|k| k.1).collect::<Vec<_>>())
             .load::<NamedStepRow>(conn)
             .map(|rows| {
+                new_steps += rows.iter().filter(|row| row.inserted).count();
                 rows.into_iter()
                     .map(|row| ((row.dependent_system_id, row.name), row.id))
                     .collect()
             })
     })?;
+    // Every step row checks its step template by a foreign key, through a
+    // plan each session keeps until the table's statistics change. Planned
+    // while the table was small, it scans the table, which is no longer small
+    // once a big template has been added: 10,000 new step templates made the
+    // steps of their first task take seconds instead of a tenth of one.
+    // ANALYZE counts this transaction's own rows and makes the plans anew.
+    if new_steps >= ANALYZE_AFTER_NEW_STEPS {
+        diesel::sql_query("ANALYZE tasker_named_steps").execute(conn)?;
+    }
 
     // `step_keys` lists the steps of all templates in order: split it back.
     let mut step_keys = step_keys.iter();
@@ -316,4 +331,6 @@ struct NamedStepRow {
     name: String,
     #[diesel(sql_type = Integer)]
     id: i32,
+    #[diesel(sql_type = Bool)]
+    inserted: bool,
 }

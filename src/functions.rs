@@ -9,13 +9,13 @@ use crate::schema::sql_types::{TaskerStepState, TaskerTaskState};
 
 define_sql_function! {
     /// Whether the step state machine allows a move from `from_state` to
-    /// `to_state` (`SPEC.md` section 2).
+    /// `to_state`.
     fn tasker_step_transition_allowed(from_state: TaskerStepState, to_state: TaskerStepState) -> Bool;
 }
 
 define_sql_function! {
     /// Whether the task state machine allows a move from `from_state` to
-    /// `to_state` (`SPEC.md` section 2).
+    /// `to_state`.
     fn tasker_task_transition_allowed(from_state: TaskerTaskState, to_state: TaskerTaskState) -> Bool;
 }
 

@@ -1,6 +1,6 @@
 //! Claiming ready steps and reporting results under a claim: the write path
 //! of `claim_ready_steps`, `complete_step`, `fail_step`, `extend_step_claim`
-//! and `release_expired_claims` (`SPEC.md` sections 2 and 3).
+//! and `release_expired_claims`.
 //!
 //! Each test has a database of its own and autocommit connections, so every
 //! call sees the commits made before it and `now()` moves on as it does in

@@ -1,4 +1,4 @@
-//! One test per rule of the task execution context (`SPEC.md` section 4) and
+//! One test per rule of the task execution context and
 //! of the other functions (section 5).
 
 use chrono::Duration;

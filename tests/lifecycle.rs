@@ -1,5 +1,5 @@
 //! Ending a task: `cancel_task` and `finalize_task` (the write path over the
-//! state machines of `SPEC.md` section 2 and the execution context of
+//! state machines and the execution context of
 //! section 4). Every refusal is checked to have written nothing.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! One test per rule of step readiness (`SPEC.md` section 3).
+//! One test per rule of step readiness.
 //!
 //! Each test runs in one transaction (`begin_test_transaction`), so `now()`
 //! is the same instant for the rows it writes and the functions it calls.

@@ -1,5 +1,5 @@
 //! The readiness and execution-context functions agree with a plain Rust
-//! reading of `SPEC.md` sections 3 and 4 (`tests/oracle`), and their single
+//! reading of the README's rules (`tests/oracle`), and their single
 //! and batch forms, and the scopes' filters, agree with each other, over many
 //! random tasks.
 //!
@@ -49,7 +49,7 @@ fn load(query: StepReadinessQuery, conn: &mut PgConnection) -> Vec<StepReadiness
     query.load(conn).expect("load readiness rows")
 }
 
-// Property a: the SQL follows the SPEC ------------------------------------------
+// Property a: the SQL follows the rules ------------------------------------------
 
 fn check_against_reference(session: &Session, case: &Case) -> Result<(), TestCaseError> {
     session.rolled_back(|conn| {

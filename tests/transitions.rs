@@ -1,4 +1,4 @@
-//! The two state machines of `SPEC.md` section 2, as the write path applies
+//! The two state machines, as the write path applies
 //! them: every legal and illegal move of steps and tasks, the step and task
 //! flags that follow each state, compare-and-swap, refusals that write
 //! nothing, metadata and UTC timestamps, and manual resolution.

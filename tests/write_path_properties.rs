@@ -1,6 +1,6 @@
 //! Random sequences of write-path operations on random DAG workflows keep
-//! every invariant of the write path (`SPEC.md` sections 2 to 4, README
-//! "Semantics"), checked after each operation.
+//! every invariant of the write path (README "Semantics"), checked after
+//! each operation.
 //!
 //! A case builds 1-3 tasks with `create_task` from random templates (random
 //! edges to earlier steps, retry limits 0-3, retryable or not, some skippable
@@ -1755,7 +1755,7 @@ impl<'c> Run<'c> {
                         self.describe_readiness(&before, t0)
                     )));
                 };
-                // SPEC's reading: Complete only when every step is done; Error
+                // The README's reading: Complete only when every step is done; Error
                 // only when a step failed for good and nothing can run or retry.
                 let states: Vec<StepState> =
                     task_steps.iter().map(|&id| before.step_state(id)).collect();

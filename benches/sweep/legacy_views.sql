@@ -1,4 +1,4 @@
--- The legacy baseline of the benchmark (BENCHMARKS.md, workload L). NOT shipped in the
+-- The legacy baseline of the benchmark (workload L). NOT shipped in the
 -- migrations: the benchmark creates these views in its own database after migrating it,
 -- and tests/legacy_views.rs checks them against the crate's functions.
 --
@@ -13,7 +13,7 @@
 -- the point of the comparison.
 --
 -- They give the same answers as get_step_readiness_status(task_id) and
--- get_task_execution_context(task_id) (SPEC.md sections 3 and 4), with the same columns,
+-- get_task_execution_context(task_id), with the same columns,
 -- names, types and order as tasker_step_readiness_row and
 -- tasker_task_execution_context_row. Written plainly, neither pessimized nor tuned.
 -- Rerunnable (CREATE OR REPLACE).

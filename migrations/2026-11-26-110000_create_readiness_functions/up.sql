@@ -1,4 +1,4 @@
--- Readiness and execution-context functions (SPEC.md sections 3 to 5).
+-- Readiness and execution-context functions, dependency levels and health counts.
 --
 -- Every rule is written once: the readiness rules in tasker_step_readiness (section 3),
 -- the context rules in get_task_execution_contexts_batch (section 4), which reads
@@ -63,7 +63,7 @@ CREATE TYPE tasker_step_readiness_row AS (
     last_attempted_at timestamp
 );
 COMMENT ON TYPE tasker_step_readiness_row IS
-    'A row of get_step_readiness_status and its companions (SPEC.md section 3).';
+    'A row of get_step_readiness_status and its companions: one step, its state, whether its parents are done, whether it may be retried and whether it may run now.';
 
 CREATE FUNCTION tasker_step_readiness(task_ids bigint[], step_ids bigint[])
 RETURNS SETOF tasker_step_readiness_row
@@ -144,7 +144,7 @@ AS $$
        OR step.workflow_step_id = ANY (tasker_step_readiness.step_ids)
 $$;
 COMMENT ON FUNCTION tasker_step_readiness(bigint[], bigint[]) IS
-    'Readiness rows (SPEC.md section 3) of the steps of task_ids and of the steps step_ids, unordered: the only definition of the readiness rules, which every readiness and context function calls. Index probes only: each step, its current transition, its edges to parents and their current transitions.';
+    'Readiness rows (one per step: state, parents done, retry eligibility, ready now) of the steps of task_ids and of the steps step_ids, unordered: the only definition of the readiness rules, which every readiness and context function calls. Index probes only: each step, its current transition, its edges to parents and their current transitions.';
 
 CREATE FUNCTION get_step_readiness_status(step_ids bigint[])
 RETURNS SETOF tasker_step_readiness_row
@@ -196,7 +196,7 @@ CREATE TYPE tasker_task_execution_context_row AS (
     health_status tasker_health_status
 );
 COMMENT ON TYPE tasker_task_execution_context_row IS
-    'A row of get_task_execution_context and get_task_execution_contexts_batch (SPEC.md section 4).';
+    'A row of get_task_execution_context and get_task_execution_contexts_batch: one task, its steps counted by state, its execution status, the recommended next action and its health.';
 
 CREATE FUNCTION get_task_execution_contexts_batch(task_ids bigint[])
 RETURNS SETOF tasker_task_execution_context_row
@@ -264,7 +264,7 @@ AS $$
     ORDER BY task.task_id
 $$;
 COMMENT ON FUNCTION get_task_execution_contexts_batch(bigint[]) IS
-    'Execution context (SPEC.md section 4) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules, built on tasker_step_readiness. Cost: the readiness probes of each task''s steps.';
+    'Execution context (step counts by state, execution status, recommended action, health) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules, built on tasker_step_readiness. Cost: the readiness probes of each task''s steps.';
 
 CREATE FUNCTION get_task_execution_context(task_id bigint)
 RETURNS SETOF tasker_task_execution_context_row

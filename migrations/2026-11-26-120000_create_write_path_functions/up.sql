@@ -1,4 +1,4 @@
--- The write path (SPEC.md sections 2 and 6): state transitions of steps and tasks,
+-- The write path: state transitions of steps and tasks,
 -- claiming ready steps with a lease, recording results, releasing expired claims,
 -- cancelling and finalizing tasks. Each public function is one round trip and atomic
 -- (a function runs inside the caller's statement: an error undoes all of it).
@@ -55,7 +55,7 @@ $$;
 COMMENT ON FUNCTION tasker_refuse(text, text, jsonb) IS
     'Raises a write-path refusal: SQLSTATE TK001, constraint name tasker_refused, DETAIL = the JSON object {"refusal": refusal, "message": message} || detail.';
 
--- State machines (SPEC.md section 2) --------------------------------------------------
+-- State machines ------------------------------------------------------------------------
 
 CREATE FUNCTION tasker_step_transition_allowed(from_state tasker_step_state, to_state tasker_step_state)
 RETURNS boolean

@@ -355,7 +355,7 @@ AS $$
     ORDER BY task.task_id
 $$;
 COMMENT ON FUNCTION get_task_execution_contexts_batch(bigint[]) IS
-    'Execution context (SPEC.md section 4) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules, built on tasker_step_readiness. Cost: the readiness probes of each task''s steps.';
+    'Execution context (step counts by state, execution status, recommended action, health) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules, built on tasker_step_readiness. Cost: the readiness probes of each task''s steps.';
 
 CREATE OR REPLACE FUNCTION tasker_step_readiness(task_ids bigint[], step_ids bigint[])
 RETURNS SETOF tasker_step_readiness_row
@@ -437,7 +437,7 @@ AS $$
 $$;
 DROP FUNCTION tasker_step_readiness_from_history(bigint[], bigint[]);
 COMMENT ON FUNCTION tasker_step_readiness(bigint[], bigint[]) IS
-    'Readiness rows (SPEC.md section 3) of the steps of task_ids and of the steps step_ids, unordered: the only definition of the readiness rules, which every readiness and context function calls. Index probes only: each step, its current transition, its edges to parents and their current transitions.';
+    'Readiness rows (one per step: state, parents done, retry eligibility, ready now) of the steps of task_ids and of the steps step_ids, unordered: the only definition of the readiness rules, which every readiness and context function calls. Index probes only: each step, its current transition, its edges to parents and their current transitions.';
 
 DROP TRIGGER tasker_tasks_count_insert ON tasker_tasks;
 DROP FUNCTION tasker_tasks_inserted();

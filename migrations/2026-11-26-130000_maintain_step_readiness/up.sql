@@ -6,7 +6,8 @@
 --
 -- What is kept, and by whom:
 --   tasker_workflow_steps.current_state, last_failure_at  <- transitions triggers
---     (rules 1 and 5 of SPEC.md section 3: tasker_step_state_from_history)
+--     (the state of the current transition, pending without one, and when the current
+--     error began: tasker_step_state_from_history)
 --   tasker_workflow_steps.total_parents, completed_parents <- edges triggers (recount)
 --     and the steps trigger (a parent's completion adds or takes one from each child)
 --   tasker_workflow_steps.retry_eligible, next_retry_at, runnable <- generated columns
@@ -632,7 +633,7 @@ AS $$
        OR step.workflow_step_id = ANY (tasker_step_readiness_from_history.step_ids)
 $$;
 COMMENT ON FUNCTION tasker_step_readiness_from_history(bigint[], bigint[]) IS
-    'Readiness rows (SPEC.md section 3) of the steps of task_ids and of the steps step_ids, recomputed from the transition log and the edges: the oracle that maintained readiness is checked against (tests, tasker_readiness_drift) and the answer to why a step is or is not ready. Index probes per step, its current transition, its edges and its parents'' current transitions.';
+    'Readiness rows (one per step: state, parents done, retry eligibility, ready now) of the steps of task_ids and of the steps step_ids, recomputed from the transition log and the edges: the oracle that maintained readiness is checked against (tests, tasker_readiness_drift) and the answer to why a step is or is not ready. Index probes per step, its current transition, its edges and its parents'' current transitions.';
 
 -- Every readiness and context function calls tasker_step_readiness by name, so they all
 -- read the maintained state from here on.
@@ -668,7 +669,7 @@ AS $$
        OR step.workflow_step_id = ANY (tasker_step_readiness.step_ids)
 $$;
 COMMENT ON FUNCTION tasker_step_readiness(bigint[], bigint[]) IS
-    'Readiness rows (SPEC.md section 3) of the steps of task_ids and of the steps step_ids, unordered, read from the maintained columns of each step: one index probe per step, joined to the step names. Every readiness and context function calls it. tasker_step_readiness_from_history computes the same rows from the history.';
+    'Readiness rows (one per step: state, parents done, retry eligibility, ready now) of the steps of task_ids and of the steps step_ids, unordered, read from the maintained columns of each step: one index probe per step, joined to the step names. Every readiness and context function calls it. tasker_step_readiness_from_history computes the same rows from the history.';
 
 CREATE OR REPLACE FUNCTION get_task_execution_contexts_batch(task_ids bigint[])
 RETURNS SETOF tasker_task_execution_context_row
@@ -745,7 +746,7 @@ AS $$
     ORDER BY task.task_id
 $$;
 COMMENT ON FUNCTION get_task_execution_contexts_batch(bigint[]) IS
-    'Execution context (SPEC.md section 4) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules. Counts come from tasker_task_step_counts, ready steps from the runnable-steps index. Cost: a few index probes per task, plus one index entry per runnable step.';
+    'Execution context (step counts by state, execution status, recommended action, health) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules. Counts come from tasker_task_step_counts, ready steps from the runnable-steps index. Cost: a few index probes per task, plus one index entry per runnable step.';
 
 CREATE OR REPLACE FUNCTION get_system_health_counts()
 RETURNS TABLE (

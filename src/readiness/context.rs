@@ -12,7 +12,7 @@ use crate::enums::{ExecutionStatus, HealthStatus, RecommendedAction, TaskState};
 use crate::schema::sql_types::TaskerTaskState;
 
 /// One row of `get_task_execution_context`: where a task stands and what the
-/// orchestrator should do with it next (`SPEC.md` section 4).
+/// orchestrator should do with it next.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
 #[diesel(check_for_backend(Pg))]
 pub struct TaskExecutionContext {

@@ -1,5 +1,5 @@
 //! Readiness and execution context: the rows of the schema's SQL functions
-//! (`SPEC.md` sections 3 to 5) and the queries that load them.
+//! and the queries that load them.
 //!
 //! The rules live in the database, written once; this module only calls the
 //! functions. Every statement is constant SQL text with bind parameters, so

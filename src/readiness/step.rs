@@ -11,7 +11,7 @@ use crate::enums::StepState;
 use crate::schema::sql_types::TaskerStepState;
 
 /// One row of `get_step_readiness_status` and its companions: whether a step
-/// may run now, and why not (`SPEC.md` section 3).
+/// may run now, and why not.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
 #[diesel(check_for_backend(Pg))]
 pub struct StepReadinessStatus {

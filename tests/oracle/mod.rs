@@ -1,6 +1,6 @@
 //! A reference implementation of the state machines, step readiness and the
-//! task execution context (`SPEC.md` sections 2 to 4), written from the
-//! SPEC's text in plain Rust, to check the SQL functions against.
+//! task execution context, written from the README's rules in plain Rust,
+//! to check the SQL functions against.
 //!
 //! It works on plain data: what is stored for each step and task, the edges,
 //! and `now`. It returns the crate's own row types, so whole results can be
@@ -180,7 +180,7 @@ pub fn readiness(world: &World) -> Vec<StepReadinessStatus> {
     rows
 }
 
-/// A step that is in `error` and may not be retried (SPEC section 4).
+/// A step that is in `error` and may not be retried.
 pub fn is_permanently_failed(row: &StepReadinessStatus) -> bool {
     row.current_state == StepState::Error && !row.retry_eligible
 }
@@ -300,7 +300,7 @@ pub fn contexts(world: &World) -> Vec<TaskExecutionContext> {
     contexts
 }
 
-/// SPEC section 2, the step state machine: pending -> in_progress | error |
+/// The step state machine: pending -> in_progress | error |
 /// cancelled | resolved_manually; in_progress -> complete | error |
 /// cancelled; error -> pending | resolved_manually. Nothing else.
 pub fn step_move_allowed(from: StepState, to: StepState) -> bool {
@@ -313,7 +313,7 @@ pub fn step_move_allowed(from: StepState, to: StepState) -> bool {
     )
 }
 
-/// SPEC section 2, the task state machine: pending -> in_progress |
+/// The task state machine: pending -> in_progress |
 /// cancelled | error; in_progress -> complete | error | cancelled | pending;
 /// error -> pending | resolved_manually; complete -> cancelled;
 /// resolved_manually -> cancelled. Nothing else.

@@ -46,6 +46,22 @@ fn diamond() -> TaskTemplate {
         )
 }
 
+/// A one-step template of the diamond's namespace.
+fn refund() -> TaskTemplate {
+    TaskTemplate::new("fulfillment", "refund", "1.0.0").step(StepTemplate::new("pay"))
+}
+
+/// Whether `error` says an identity hash belongs to another template.
+fn is_duplicate_hash(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Integrity {
+            rule: IntegrityRule::DuplicateIdentityHash,
+            ..
+        }
+    )
+}
+
 #[derive(QueryableByName)]
 struct TableName {
     #[diesel(sql_type = Text)]
@@ -445,7 +461,7 @@ fn an_identity_hash_taken_by_another_template_is_an_integrity_error() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let template = diamond();
-    let other = TaskTemplate::new("fulfillment", "refund", "1.0.0").step(StepTemplate::new("pay"));
+    let other = refund();
     create_task(
         &mut conn,
         &TaskRequest::new(&template).identity_hash("shared"),
@@ -456,16 +472,7 @@ fn an_identity_hash_taken_by_another_template_is_an_integrity_error() {
     let error = create_task(&mut conn, &TaskRequest::new(&other).identity_hash("shared"))
         .expect_err("another template's hash");
 
-    assert!(
-        matches!(
-            error,
-            Error::Integrity {
-                rule: IntegrityRule::DuplicateIdentityHash,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(is_duplicate_hash(&error), "{error:?}");
     assert_eq!(row_counts(&mut conn), rows_before);
 }
 
@@ -968,7 +975,7 @@ fn a_batch_refused_by_the_database_writes_none_of_its_tasks() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let diamond = diamond();
-    let other = TaskTemplate::new("fulfillment", "refund", "1.0.0").step(StepTemplate::new("pay"));
+    let other = refund();
     create_task(
         &mut conn,
         &TaskRequest::new(&diamond).identity_hash("taken"),
@@ -985,16 +992,7 @@ fn a_batch_refused_by_the_database_writes_none_of_its_tasks() {
         ],
     )
     .expect_err("a hash of another template");
-    assert!(
-        matches!(
-            error,
-            Error::Integrity {
-                rule: IntegrityRule::DuplicateIdentityHash,
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+    assert!(is_duplicate_hash(&error), "{error:?}");
     assert_eq!(row_counts(&mut conn), rows_before);
 
     // Two requests of the batch share a hash but not a template.

@@ -19,33 +19,24 @@ use diesel::sql_types::{Array, Bool, Integer, Nullable, Text};
 
 use super::template::TaskTemplate;
 
-/// Namespaces by name: `(name, id)` for every name of `$1`.
-const NAMESPACES_SQL: &str = "\
-    WITH wanted AS (SELECT DISTINCT w.name FROM unnest($1::text[]) AS w (name)), \
-    inserted AS ( \
-        INSERT INTO tasker_task_namespaces (name) \
-        SELECT w.name FROM wanted AS w \
-        WHERE NOT EXISTS (SELECT FROM tasker_task_namespaces AS n WHERE n.name = w.name) \
-        ORDER BY w.name \
-        ON CONFLICT (name) DO NOTHING \
-        RETURNING name, task_namespace_id) \
-    SELECT name, task_namespace_id AS id FROM inserted \
-    UNION ALL \
-    SELECT n.name, n.task_namespace_id FROM tasker_task_namespaces AS n JOIN wanted USING (name)";
-
-/// Dependent systems by name: `(name, id)` for every name of `$1`.
-const DEPENDENT_SYSTEMS_SQL: &str = "\
-    WITH wanted AS (SELECT DISTINCT w.name FROM unnest($1::text[]) AS w (name)), \
-    inserted AS ( \
-        INSERT INTO tasker_dependent_systems (name) \
-        SELECT w.name FROM wanted AS w \
-        WHERE NOT EXISTS (SELECT FROM tasker_dependent_systems AS s WHERE s.name = w.name) \
-        ORDER BY w.name \
-        ON CONFLICT (name) DO NOTHING \
-        RETURNING name, dependent_system_id) \
-    SELECT name, dependent_system_id AS id FROM inserted \
-    UNION ALL \
-    SELECT s.name, s.dependent_system_id FROM tasker_dependent_systems AS s JOIN wanted USING (name)";
+/// Rows of `table` (namespaces, dependent systems: unique by `name`, id
+/// column `id`) by name: `(name, id)` for every name of `$1`. The two tables
+/// differ only in their names, so they share this one statement.
+fn by_name_sql(table: &str, id: &str) -> String {
+    format!(
+        "WITH wanted AS (SELECT DISTINCT w.name FROM unnest($1::text[]) AS w (name)), \
+         inserted AS ( \
+             INSERT INTO {table} (name) \
+             SELECT w.name FROM wanted AS w \
+             WHERE NOT EXISTS (SELECT FROM {table} AS t WHERE t.name = w.name) \
+             ORDER BY w.name \
+             ON CONFLICT (name) DO NOTHING \
+             RETURNING name, {id}) \
+         SELECT name, {id} AS id FROM inserted \
+         UNION ALL \
+         SELECT t.name, t.{id} FROM {table} AS t JOIN wanted USING (name)"
+    )
+}
 
 /// Task templates by (namespace id `$1`, name `$2`, version `$3`); a new one
 /// gets description `$4` (the first given for its key).
@@ -124,23 +115,22 @@ pub(super) fn find_or_create_catalogs(
     templates: &[&TaskTemplate],
 ) -> QueryResult<Vec<Catalog>> {
     let namespaces: Vec<&str> = templates.iter().map(|t| t.namespace.as_str()).collect();
-    let namespace_ids = keyed_ids(conn, &namespaces, |conn| {
-        diesel::sql_query(NAMESPACES_SQL)
-            .bind::<Array<Text>, _>(&namespaces)
-            .load::<NamedRow>(conn)
-            .map(|rows| rows.into_iter().map(|row| (row.name, row.id)).collect())
-    })?;
-
+    let namespace_ids = ids_by_name(
+        conn,
+        "tasker_task_namespaces",
+        "task_namespace_id",
+        &namespaces,
+    )?;
     let systems: Vec<&str> = templates
         .iter()
         .flat_map(|t| t.steps.iter().map(|step| step.dependent_system.as_str()))
         .collect();
-    let system_ids = keyed_ids(conn, &systems, |conn| {
-        diesel::sql_query(DEPENDENT_SYSTEMS_SQL)
-            .bind::<Array<Text>, _>(&systems)
-            .load::<NamedRow>(conn)
-            .map(|rows| rows.into_iter().map(|row| (row.name, row.id)).collect())
-    })?;
+    let system_ids = ids_by_name(
+        conn,
+        "tasker_dependent_systems",
+        "dependent_system_id",
+        &systems,
+    )?;
 
     let task_keys: Vec<(i32, &str, &str)> = templates
         .iter()
@@ -239,6 +229,22 @@ pub(super) fn find_or_create_catalogs(
         .bind::<Array<Integer>, _>(memberships().map(|m| m.2.retry_limit).collect::<Vec<_>>())
         .execute(conn)?;
     Ok(catalogs)
+}
+
+/// The ids of `names` in `table` (see [`by_name_sql`]), found or inserted.
+fn ids_by_name(
+    conn: &mut PgConnection,
+    table: &str,
+    id: &str,
+    names: &[&str],
+) -> QueryResult<Keyed<String>> {
+    let sql = by_name_sql(table, id);
+    keyed_ids(conn, names, |conn| {
+        diesel::sql_query(&sql)
+            .bind::<Array<Text>, _>(names)
+            .load::<NamedRow>(conn)
+            .map(|rows| rows.into_iter().map(|row| (row.name, row.id)).collect())
+    })
 }
 
 /// The id of every key of `wanted`, keyed by the owned form of the key, from

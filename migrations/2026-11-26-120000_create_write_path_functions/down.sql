@@ -5,6 +5,7 @@ DROP FUNCTION fail_step(bigint, bigint, jsonb, integer);
 DROP FUNCTION complete_step(bigint, bigint, jsonb, jsonb);
 DROP FUNCTION extend_step_claim(bigint, bigint, integer);
 DROP FUNCTION tasker_held_claim(bigint, bigint);
+DROP FUNCTION tasker_claim_refusal(bigint, bigint, boolean, bigint, tasker_step_state, timestamp);
 DROP FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb);
 DROP TYPE tasker_step_claim_row;
 DROP FUNCTION transition_task(bigint, tasker_task_state, jsonb, tasker_task_state);

@@ -379,6 +379,48 @@ $$;
 COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb) IS
     'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task (new, or moved back to pending to resume it) moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: per candidate step, the index probes of its readiness; claiming from any task walks tasker_workflow_steps_claimable_idx in order until max_steps ready steps are found.';
 
+-- Why a result reported under claim claim_id on a step is refused, or NULL when the
+-- claim holds: written once for the single calls and the batches.
+CREATE FUNCTION tasker_claim_refusal(
+    workflow_step_id bigint,
+    claim_id bigint,
+    step_exists boolean,
+    current_id bigint,
+    current_state tasker_step_state,
+    claimed_until timestamp
+)
+RETURNS jsonb
+-- PL/pgSQL: a SQL function that reads the clock is not inlined, and each call of one
+-- plans its statement again.
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    IF NOT step_exists THEN
+        RETURN jsonb_build_object(
+            'refusal', 'unknown_step',
+            'message', format('workflow step %s does not exist', workflow_step_id),
+            'workflow_step_id', workflow_step_id);
+    ELSIF current_id IS DISTINCT FROM claim_id OR current_state <> 'in_progress' THEN
+        RETURN jsonb_build_object(
+            'refusal', 'claim_lost',
+            'message', format('claim %s on workflow step %s is lost: the step is now %s',
+                              claim_id, workflow_step_id, coalesce(current_state, 'pending')),
+            'workflow_step_id', workflow_step_id, 'claim_id', claim_id,
+            'state', coalesce(current_state, 'pending'));
+    ELSIF claimed_until <= clock_timestamp() AT TIME ZONE 'UTC' THEN
+        RETURN jsonb_build_object(
+            'refusal', 'claim_expired',
+            'message', format('claim %s on workflow step %s expired at %s',
+                              claim_id, workflow_step_id, claimed_until),
+            'workflow_step_id', workflow_step_id, 'claim_id', claim_id,
+            'claimed_until', claimed_until);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION tasker_claim_refusal(bigint, bigint, boolean, bigint, tasker_step_state, timestamp) IS
+    'Whether claim claim_id still holds on a step, given whether the step exists, the id and to_state of its most recent transition and its claimed_until: NULL when it holds, else the refusal (unknown_step, claim_lost, claim_expired) as the JSON detail tasker_refuse raises.';
+
 CREATE FUNCTION tasker_held_claim(workflow_step_id bigint, claim_id bigint)
 RETURNS tasker_workflow_steps
 LANGUAGE plpgsql
@@ -387,29 +429,18 @@ DECLARE
     step_id CONSTANT bigint := tasker_held_claim.workflow_step_id;
     step tasker_workflow_steps;
     latest tasker_workflow_step_transitions;
+    refusal jsonb;
 BEGIN
     SELECT * INTO step FROM tasker_workflow_steps AS s
     WHERE s.workflow_step_id = step_id
     FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        PERFORM tasker_refuse('unknown_step', format('workflow step %s does not exist', step_id),
-                              jsonb_build_object('workflow_step_id', step_id));
-    END IF;
     SELECT * INTO latest FROM tasker_workflow_step_transitions AS t
     WHERE t.workflow_step_id = step_id AND t.most_recent;
-    IF latest.id IS DISTINCT FROM claim_id OR latest.to_state <> 'in_progress' THEN
-        PERFORM tasker_refuse('claim_lost',
-            format('claim %s on workflow step %s is lost: the step is now %s', claim_id, step_id,
-                   coalesce(latest.to_state, 'pending')),
-            jsonb_build_object('workflow_step_id', step_id, 'claim_id', claim_id,
-                               'state', coalesce(latest.to_state, 'pending')));
-    END IF;
-    IF step.claimed_until <= clock_timestamp() AT TIME ZONE 'UTC' THEN
-        PERFORM tasker_refuse('claim_expired',
-            format('claim %s on workflow step %s expired at %s', claim_id, step_id,
-                   step.claimed_until),
-            jsonb_build_object('workflow_step_id', step_id, 'claim_id', claim_id,
-                               'claimed_until', step.claimed_until));
+    refusal := tasker_claim_refusal(step_id, claim_id, step.workflow_step_id IS NOT NULL,
+                                    latest.id, latest.to_state, step.claimed_until);
+    IF refusal IS NOT NULL THEN
+        PERFORM tasker_refuse(refusal ->> 'refusal', refusal ->> 'message',
+                              refusal - 'refusal' - 'message');
     END IF;
     RETURN step;
 END;

@@ -4,6 +4,59 @@
 DROP FUNCTION tasker_rebuild_readiness(bigint[]);
 DROP FUNCTION tasker_readiness_drift(bigint[]);
 
+DROP FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb);
+CREATE OR REPLACE FUNCTION fail_step(
+    workflow_step_id bigint,
+    claim_id bigint,
+    error_info jsonb,
+    retry_after_seconds integer DEFAULT NULL
+)
+RETURNS tasker_workflow_step_transitions
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    IF retry_after_seconds < 0 THEN
+        PERFORM tasker_refuse('invalid_argument',
+            format('fail_step needs retry_after_seconds >= 0 or NULL, got %s', retry_after_seconds),
+            jsonb_build_object('retry_after_seconds', retry_after_seconds));
+    END IF;
+    PERFORM tasker_held_claim(workflow_step_id, claim_id);
+    -- The delay this failure asks for, or none; the next start clears it (see
+    -- transition_workflow_step), so it never outlives the retry it was for.
+    UPDATE tasker_workflow_steps AS s SET backoff_request_seconds = retry_after_seconds
+    WHERE s.workflow_step_id = fail_step.workflow_step_id;
+    RETURN transition_workflow_step(workflow_step_id, 'error',
+                                    jsonb_build_object('error', error_info), 'in_progress');
+END;
+$$;
+COMMENT ON FUNCTION fail_step(bigint, bigint, jsonb, integer) IS
+    'Records the failure of a claimed step: moves it to error with {"error": error_info} as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL: no requested delay). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
+
+CREATE OR REPLACE FUNCTION complete_step(
+    workflow_step_id bigint,
+    claim_id bigint,
+    results jsonb,
+    metadata jsonb DEFAULT '{}'
+)
+RETURNS tasker_workflow_step_transitions
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM tasker_held_claim(workflow_step_id, claim_id);
+    UPDATE tasker_workflow_steps AS s SET results = complete_step.results
+    WHERE s.workflow_step_id = complete_step.workflow_step_id;
+    RETURN transition_workflow_step(workflow_step_id, 'complete', metadata, 'in_progress');
+END;
+$$;
+COMMENT ON FUNCTION complete_step(bigint, bigint, jsonb, jsonb) IS
+    'Records the results of a claimed step and moves it to complete (processed). Refused with claim_lost or claim_expired when the claim no longer holds; then nothing is written.';
+
+DROP FUNCTION tasker_reported_transition(tasker_step_report_row);
+DROP FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb);
+DROP TYPE tasker_step_report_row;
+DROP FUNCTION tasker_listen_for_work();
+DROP INDEX tasker_workflow_steps_backoff_idx;
+
 CREATE OR REPLACE FUNCTION transition_workflow_step(
     workflow_step_id bigint,
     to_state tasker_step_state,
@@ -443,10 +496,12 @@ DROP TRIGGER tasker_tasks_count_insert ON tasker_tasks;
 DROP FUNCTION tasker_tasks_inserted();
 DROP TRIGGER tasker_workflow_steps_maintain_update ON tasker_workflow_steps;
 DROP FUNCTION tasker_steps_updated();
+DROP FUNCTION tasker_apply_step_changes(tasker_step_change[]);
 DROP TRIGGER tasker_workflow_steps_count_insert ON tasker_workflow_steps;
 DROP TRIGGER tasker_workflow_steps_count_delete ON tasker_workflow_steps;
 DROP FUNCTION tasker_steps_inserted_or_deleted();
 DROP FUNCTION tasker_add_step_counts(bigint[], integer[], tasker_step_state[], boolean[], boolean[]);
+DROP TYPE tasker_step_change;
 DROP TRIGGER tasker_workflow_step_edges_apply_insert ON tasker_workflow_step_edges;
 DROP TRIGGER tasker_workflow_step_edges_apply_update ON tasker_workflow_step_edges;
 DROP TRIGGER tasker_workflow_step_edges_apply_delete ON tasker_workflow_step_edges;
@@ -460,8 +515,10 @@ DROP FUNCTION tasker_refresh_step_states(bigint[]);
 DROP FUNCTION tasker_step_parent_counts(bigint);
 DROP FUNCTION tasker_step_state_from_history(bigint);
 DROP FUNCTION tasker_step_state_after(tasker_step_state, timestamp);
+DROP FUNCTION tasker_task_step_counts_of(bigint);
 DROP FUNCTION tasker_task_step_recount(bigint);
 DROP FUNCTION tasker_step_buckets(tasker_step_state, boolean, boolean);
+DROP TABLE tasker_task_step_count_stripes;
 DROP TABLE tasker_task_step_counts;
 
 DROP INDEX tasker_workflow_steps_runnable_idx;

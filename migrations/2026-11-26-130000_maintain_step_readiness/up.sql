@@ -133,6 +133,27 @@ CREATE TABLE tasker_task_step_counts (
 COMMENT ON TABLE tasker_task_step_counts IS
     'Maintained by triggers: per task, its steps counted by current_state, in error and not retry eligible (permanently failed), and runnable (ready but for the time gate). One row per task.';
 
+-- A task's counts row is written by every state change of its steps, so workers on
+-- one task would queue on it until each commits. A writer that finds the row locked
+-- adds its change to a stripe of its own instead (tasker_add_step_counts); a task's
+-- counts are its row plus its stripes, which stay empty while writers do not collide.
+CREATE TABLE tasker_task_step_count_stripes (
+    task_id bigint NOT NULL REFERENCES tasker_tasks (task_id) ON DELETE CASCADE,
+    stripe smallint NOT NULL,
+    total_steps bigint NOT NULL DEFAULT 0,
+    pending_steps bigint NOT NULL DEFAULT 0,
+    in_progress_steps bigint NOT NULL DEFAULT 0,
+    complete_steps bigint NOT NULL DEFAULT 0,
+    resolved_manually_steps bigint NOT NULL DEFAULT 0,
+    failed_steps bigint NOT NULL DEFAULT 0,
+    cancelled_steps bigint NOT NULL DEFAULT 0,
+    permanently_failed_steps bigint NOT NULL DEFAULT 0,
+    runnable_steps bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (task_id, stripe)
+);
+COMMENT ON TABLE tasker_task_step_count_stripes IS
+    'Maintained by triggers and the write path: changes to a task''s step counts made while its tasker_task_step_counts row was locked by another writer, one row per task and stripe (a writer''s backend picks its stripe). A task''s counts are its tasker_task_step_counts row plus the sum of its stripes.';
+
 CREATE FUNCTION tasker_step_buckets(
     current_state tasker_step_state,
     retry_eligible boolean,
@@ -182,6 +203,41 @@ AS $$
 $$;
 COMMENT ON FUNCTION tasker_task_step_recount(bigint) IS
     'What the tasker_task_step_counts row of a task should hold, counted from the maintained state of its steps.';
+
+-- A task's counts as kept: its row plus its stripes (none while its writers did not
+-- collide). Inlined into the callers' statements.
+CREATE FUNCTION tasker_task_step_counts_of(task_id bigint)
+RETURNS SETOF tasker_task_step_counts
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT kept.task_id,
+           kept.total_steps + coalesce(extra.total_steps, 0),
+           kept.pending_steps + coalesce(extra.pending_steps, 0),
+           kept.in_progress_steps + coalesce(extra.in_progress_steps, 0),
+           kept.complete_steps + coalesce(extra.complete_steps, 0),
+           kept.resolved_manually_steps + coalesce(extra.resolved_manually_steps, 0),
+           kept.failed_steps + coalesce(extra.failed_steps, 0),
+           kept.cancelled_steps + coalesce(extra.cancelled_steps, 0),
+           kept.permanently_failed_steps + coalesce(extra.permanently_failed_steps, 0),
+           kept.runnable_steps + coalesce(extra.runnable_steps, 0)
+    FROM tasker_task_step_counts AS kept
+    LEFT JOIN LATERAL (
+        SELECT sum(s.total_steps)::bigint AS total_steps,
+               sum(s.pending_steps)::bigint AS pending_steps,
+               sum(s.in_progress_steps)::bigint AS in_progress_steps,
+               sum(s.complete_steps)::bigint AS complete_steps,
+               sum(s.resolved_manually_steps)::bigint AS resolved_manually_steps,
+               sum(s.failed_steps)::bigint AS failed_steps,
+               sum(s.cancelled_steps)::bigint AS cancelled_steps,
+               sum(s.permanently_failed_steps)::bigint AS permanently_failed_steps,
+               sum(s.runnable_steps)::bigint AS runnable_steps
+        FROM tasker_task_step_count_stripes AS s
+        WHERE s.task_id = kept.task_id
+    ) AS extra ON true
+    WHERE kept.task_id = tasker_task_step_counts_of.task_id
+$$;
+COMMENT ON FUNCTION tasker_task_step_counts_of(bigint) IS
+    'A task''s step counts as maintained: its tasker_task_step_counts row plus its rows of tasker_task_step_count_stripes. No row when the task has no counts row.';
 
 -- Rules 1 and 5: a step's state follows its current transition (NULL: none).
 CREATE FUNCTION tasker_step_state_after(to_state tasker_step_state, created_at timestamp)
@@ -431,8 +487,10 @@ COMMENT ON FUNCTION tasker_step_edges_changed() IS
     'Trigger: after a statement inserts step edges, adds them to the parent counts of the steps they lead to; after one updates or deletes edges, recounts the parents of the steps they led or lead to.';
 
 
--- Adds sign times each step's buckets to its task's counts, locking the rows in task
--- id order.
+-- Adds sign times each step's buckets to its task's counts: to the task's row when no
+-- other transaction holds it, else to this backend's stripe of the task, so concurrent
+-- writers of one task never wait for each other here. Sends the wake-up when steps
+-- became runnable.
 CREATE FUNCTION tasker_add_step_counts(
     task_ids bigint[],
     signs integer[],
@@ -444,22 +502,10 @@ RETURNS void
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
+DECLARE
+    woken boolean;
 BEGIN
-    PERFORM FROM tasker_task_step_counts AS c
-    WHERE c.task_id = ANY (task_ids)
-    ORDER BY c.task_id
-    FOR NO KEY UPDATE;
-    UPDATE tasker_task_step_counts AS c SET
-        total_steps = c.total_steps + delta.total,
-        pending_steps = c.pending_steps + delta.pending,
-        in_progress_steps = c.in_progress_steps + delta.in_progress,
-        complete_steps = c.complete_steps + delta.complete,
-        resolved_manually_steps = c.resolved_manually_steps + delta.resolved_manually,
-        failed_steps = c.failed_steps + delta.failed,
-        cancelled_steps = c.cancelled_steps + delta.cancelled,
-        permanently_failed_steps = c.permanently_failed_steps + delta.permanently_failed,
-        runnable_steps = c.runnable_steps + delta.runnable
-    FROM (
+    WITH delta AS MATERIALIZED (
         SELECT step.task_id,
                sum(step.sign) AS total,
                sum(step.sign * b.pending) AS pending,
@@ -475,14 +521,149 @@ BEGIN
         CROSS JOIN LATERAL tasker_step_buckets(
             step.current_state, step.retry_eligible, step.runnable) AS b
         GROUP BY step.task_id
-    ) AS delta
-    -- A probe of the primary key per task in delta (a filter `= ANY (task_ids)` on
-    -- each row would cost tasks times rows).
-    WHERE c.task_id = delta.task_id;
+    ), free AS (
+        -- A probe of the primary key per task in delta (a filter `= ANY (task_ids)` on
+        -- each row would cost tasks times rows).
+        SELECT c.task_id FROM tasker_task_step_counts AS c
+        WHERE c.task_id IN (SELECT d.task_id FROM delta AS d)
+        FOR NO KEY UPDATE SKIP LOCKED
+    ), kept AS (
+        UPDATE tasker_task_step_counts AS c SET
+            total_steps = c.total_steps + d.total,
+            pending_steps = c.pending_steps + d.pending,
+            in_progress_steps = c.in_progress_steps + d.in_progress,
+            complete_steps = c.complete_steps + d.complete,
+            resolved_manually_steps = c.resolved_manually_steps + d.resolved_manually,
+            failed_steps = c.failed_steps + d.failed,
+            cancelled_steps = c.cancelled_steps + d.cancelled,
+            permanently_failed_steps = c.permanently_failed_steps + d.permanently_failed,
+            runnable_steps = c.runnable_steps + d.runnable
+        FROM delta AS d
+        WHERE c.task_id = d.task_id AND c.task_id IN (SELECT f.task_id FROM free AS f)
+        RETURNING c.task_id
+    ), striped AS (
+        -- Stripes are written in task id order, so two writers that share a stripe
+        -- queue on it in one order.
+        INSERT INTO tasker_task_step_count_stripes AS s
+            (task_id, stripe, total_steps, pending_steps, in_progress_steps, complete_steps,
+             resolved_manually_steps, failed_steps, cancelled_steps, permanently_failed_steps,
+             runnable_steps)
+        SELECT d.task_id, (1 + pg_backend_pid() % 16)::smallint, d.total, d.pending,
+               d.in_progress, d.complete, d.resolved_manually, d.failed, d.cancelled,
+               d.permanently_failed, d.runnable
+        FROM delta AS d
+        WHERE d.task_id NOT IN (SELECT k.task_id FROM kept AS k)
+          -- Not the steps of a task being deleted (its rows went first).
+          AND EXISTS (SELECT FROM tasker_tasks AS t WHERE t.task_id = d.task_id)
+        ORDER BY d.task_id
+        ON CONFLICT (task_id, stripe) DO UPDATE SET
+            total_steps = s.total_steps + excluded.total_steps,
+            pending_steps = s.pending_steps + excluded.pending_steps,
+            in_progress_steps = s.in_progress_steps + excluded.in_progress_steps,
+            complete_steps = s.complete_steps + excluded.complete_steps,
+            resolved_manually_steps = s.resolved_manually_steps + excluded.resolved_manually_steps,
+            failed_steps = s.failed_steps + excluded.failed_steps,
+            cancelled_steps = s.cancelled_steps + excluded.cancelled_steps,
+            permanently_failed_steps = s.permanently_failed_steps + excluded.permanently_failed_steps,
+            runnable_steps = s.runnable_steps + excluded.runnable_steps
+    )
+    SELECT bool_or(d.runnable > 0) INTO woken FROM delta AS d;
+    IF woken THEN
+        -- One per statement whatever it changed, delivered at commit (PostgreSQL folds
+        -- equal notifications of one transaction into one).
+        PERFORM pg_notify('tasker_runnable_steps', '');
+    END IF;
 END;
 $$;
 COMMENT ON FUNCTION tasker_add_step_counts(bigint[], integer[], tasker_step_state[], boolean[], boolean[]) IS
-    'Adds (sign +1) or takes away (-1) steps, given as parallel arrays, from their tasks'' tasker_task_step_counts, locking the rows in task id order.';
+    'Adds (sign +1) or takes away (-1) steps, given as parallel arrays, from their tasks'' counts: a task''s tasker_task_step_counts row when no other transaction holds it, else this backend''s row of tasker_task_step_count_stripes. Never waits for another writer of the counts. Sends NOTIFY tasker_runnable_steps when a task gained runnable steps.';
+
+-- What changed on a step in one write: its task and, before and after, the columns the
+-- counts and its children follow.
+CREATE TYPE tasker_step_change AS (
+    workflow_step_id bigint,
+    task_id bigint,
+    old_state tasker_step_state,
+    old_eligible boolean,
+    old_runnable boolean,
+    new_state tasker_step_state,
+    new_eligible boolean,
+    new_runnable boolean
+);
+COMMENT ON TYPE tasker_step_change IS
+    'A step''s current_state, retry_eligible and runnable before and after a write, with its task: what tasker_apply_step_changes follows.';
+
+-- Everything that follows from changes to steps: children of steps that became (or
+-- stopped being) complete or resolved_manually gain (or lose) a completed parent, and
+-- every step that changed buckets moves between them in its task's counts. The steps
+-- trigger calls it for other writers; the crate's write functions call it with the
+-- changes they made (they run with tasker.writer_maintains on, which skips the
+-- triggers that would derive the same again), and so does it for the children it writes.
+CREATE FUNCTION tasker_apply_step_changes(changes tasker_step_change[])
+RETURNS void
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET tasker.writer_maintains = 'on'
+AS $$
+DECLARE
+    done CONSTANT tasker_step_state[] := '{complete,resolved_manually}';
+    moved_ids bigint[];
+    moved_signs integer[];
+    children tasker_step_change[];
+    counted record;
+BEGIN
+    SELECT array_agg(c.workflow_step_id),
+           array_agg(CASE WHEN c.new_state = ANY (done) THEN 1 ELSE -1 END)
+    INTO moved_ids, moved_signs
+    FROM unnest(changes) AS c
+    WHERE (c.old_state = ANY (done)) <> (c.new_state = ANY (done));
+    IF moved_ids IS NOT NULL THEN
+        PERFORM FROM tasker_workflow_steps AS s
+        WHERE s.workflow_step_id IN (SELECT e.to_step_id FROM tasker_workflow_step_edges AS e
+                                      WHERE e.from_step_id = ANY (moved_ids))
+        ORDER BY s.workflow_step_id
+        FOR NO KEY UPDATE;
+        -- The self-join reads each child as it was before this statement: its old
+        -- buckets, returned beside the new.
+        WITH updated AS (
+            UPDATE tasker_workflow_steps AS s
+            SET completed_parents = s.completed_parents + change.delta
+            FROM (
+                SELECT e.to_step_id, sum(moved.sign)::integer AS delta
+                FROM unnest(moved_ids, moved_signs) AS moved (workflow_step_id, sign)
+                JOIN tasker_workflow_step_edges AS e ON e.from_step_id = moved.workflow_step_id
+                GROUP BY e.to_step_id
+            ) AS change
+            JOIN tasker_workflow_steps AS before ON before.workflow_step_id = change.to_step_id
+            WHERE s.workflow_step_id = change.to_step_id AND change.delta <> 0
+            RETURNING ROW(s.workflow_step_id, s.task_id,
+                          before.current_state, before.retry_eligible, before.runnable,
+                          s.current_state, s.retry_eligible, s.runnable)::tasker_step_change
+                      AS child
+        )
+        SELECT array_agg(u.child) INTO children FROM updated AS u;
+    END IF;
+
+    -- Each step that changed buckets leaves its old ones (-1) and joins its new ones (+1).
+    SELECT array_agg(side.task_id) AS task_ids, array_agg(side.sign) AS signs,
+           array_agg(side.current_state) AS states, array_agg(side.retry_eligible) AS eligible,
+           array_agg(side.runnable) AS runnable
+    INTO counted
+    FROM unnest(changes || coalesce(children, '{}')) AS c
+    CROSS JOIN LATERAL (VALUES
+        (c.task_id, -1, c.old_state, c.old_eligible, c.old_runnable),
+        (c.task_id, 1, c.new_state, c.new_eligible, c.new_runnable)
+    ) AS side (task_id, sign, current_state, retry_eligible, runnable)
+    WHERE (c.old_state, c.old_eligible, c.old_runnable)
+          IS DISTINCT FROM (c.new_state, c.new_eligible, c.new_runnable);
+    IF counted.task_ids IS NOT NULL THEN
+        PERFORM tasker_add_step_counts(counted.task_ids, counted.signs, counted.states,
+                                       counted.eligible, counted.runnable);
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION tasker_apply_step_changes(tasker_step_change[]) IS
+    'Applies what follows from changes to steps: each child of a step that became (or stopped being) complete or resolved_manually gains (or loses) a completed parent, children locked in id order; then every step that changed current_state, retry_eligible or runnable (the children included) moves between the buckets of its task''s counts.';
 
 CREATE FUNCTION tasker_steps_inserted_or_deleted()
 RETURNS trigger
@@ -514,58 +695,24 @@ LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
-    moved_ids bigint[];
-    moved_signs integer[];
-    counted record;
+    changes tasker_step_change[];
 BEGIN
-    -- Steps that became, or stopped being, complete or resolved_manually.
-    SELECT array_agg(n.workflow_step_id),
-           array_agg(CASE WHEN n.current_state IN ('complete', 'resolved_manually')
-                          THEN 1 ELSE -1 END)
-    INTO moved_ids, moved_signs
+    SELECT array_agg(ROW(n.workflow_step_id, n.task_id,
+                         o.current_state, o.retry_eligible, o.runnable,
+                         n.current_state, n.retry_eligible, n.runnable)::tasker_step_change)
+    INTO changes
     FROM old_rows AS o
     JOIN changed_rows AS n ON n.workflow_step_id = o.workflow_step_id
-    WHERE (o.current_state IN ('complete', 'resolved_manually'))
-          <> (n.current_state IN ('complete', 'resolved_manually'));
-    IF moved_ids IS NOT NULL THEN
-        PERFORM FROM tasker_workflow_steps AS s
-        WHERE s.workflow_step_id IN (SELECT e.to_step_id FROM tasker_workflow_step_edges AS e
-                                      WHERE e.from_step_id = ANY (moved_ids))
-        ORDER BY s.workflow_step_id
-        FOR NO KEY UPDATE;
-        UPDATE tasker_workflow_steps AS s
-        SET completed_parents = s.completed_parents + change.delta
-        FROM (
-            SELECT e.to_step_id, sum(moved.sign)::integer AS delta
-            FROM unnest(moved_ids, moved_signs) AS moved (workflow_step_id, sign)
-            JOIN tasker_workflow_step_edges AS e ON e.from_step_id = moved.workflow_step_id
-            GROUP BY e.to_step_id
-        ) AS change
-        WHERE s.workflow_step_id = change.to_step_id AND change.delta <> 0;
-    END IF;
-
-    -- Each step that changed buckets leaves its old ones (-1) and joins its new ones (+1).
-    SELECT array_agg(side.task_id) AS task_ids, array_agg(side.sign) AS signs,
-           array_agg(side.current_state) AS states, array_agg(side.retry_eligible) AS eligible,
-           array_agg(side.runnable) AS runnable
-    INTO counted
-    FROM old_rows AS o
-    JOIN changed_rows AS n ON n.workflow_step_id = o.workflow_step_id
-    CROSS JOIN LATERAL (VALUES
-        (o.task_id, -1, o.current_state, o.retry_eligible, o.runnable),
-        (n.task_id, 1, n.current_state, n.retry_eligible, n.runnable)
-    ) AS side (task_id, sign, current_state, retry_eligible, runnable)
     WHERE (o.current_state, o.retry_eligible, o.runnable)
           IS DISTINCT FROM (n.current_state, n.retry_eligible, n.runnable);
-    IF counted.task_ids IS NOT NULL THEN
-        PERFORM tasker_add_step_counts(counted.task_ids, counted.signs, counted.states,
-                                       counted.eligible, counted.runnable);
+    IF changes IS NOT NULL THEN
+        PERFORM tasker_apply_step_changes(changes);
     END IF;
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION tasker_steps_updated() IS
-    'Trigger: after a statement updates steps, moves those whose current_state, retry_eligible or runnable changed between the buckets of their tasks'' counts, and for each that became (or stopped being) complete or resolved_manually adds one to (or takes one from) completed_parents of each child, locking the children in id order first.';
+    'Trigger: after a statement updates steps, applies the changes of those whose current_state, retry_eligible or runnable changed (tasker_apply_step_changes): their tasks'' counts, and the completed parents of the children of steps that became or stopped being complete or resolved_manually. Skipped inside the crate''s write functions, which apply their changes themselves.';
 
 
 CREATE FUNCTION tasker_tasks_inserted()
@@ -703,7 +850,7 @@ AS $$
         END::tasker_health_status
     FROM tasker_tasks AS task
     -- Every task has its counts row (a trigger adds it with the task).
-    JOIN tasker_task_step_counts AS kept ON kept.task_id = task.task_id
+    CROSS JOIN LATERAL tasker_task_step_counts_of(task.task_id) AS kept
     CROSS JOIN LATERAL (
         SELECT kept.total_steps,
                kept.pending_steps,
@@ -789,7 +936,15 @@ AS $$
                coalesce(sum(c.cancelled_steps), 0)::bigint AS cancelled,
                coalesce(sum(c.resolved_manually_steps), 0)::bigint AS resolved_manually,
                coalesce(sum(c.permanently_failed_steps), 0)::bigint AS permanently_failed
-        FROM tasker_task_step_counts AS c
+        FROM (SELECT total_steps, pending_steps, in_progress_steps, complete_steps,
+                     failed_steps, cancelled_steps, resolved_manually_steps,
+                     permanently_failed_steps
+              FROM tasker_task_step_counts
+              UNION ALL
+              SELECT total_steps, pending_steps, in_progress_steps, complete_steps,
+                     failed_steps, cancelled_steps, resolved_manually_steps,
+                     permanently_failed_steps
+              FROM tasker_task_step_count_stripes) AS c
     )
     SELECT
         tasks.n,
@@ -825,6 +980,8 @@ CREATE OR REPLACE FUNCTION transition_workflow_step(
 )
 RETURNS tasker_workflow_step_transitions
 LANGUAGE plpgsql
+-- The state this function writes is complete: the maintenance triggers skip its writes.
+SET tasker.writer_maintains = 'on'
 AS $$
 DECLARE
     step_id CONSTANT bigint := transition_workflow_step.workflow_step_id;
@@ -835,6 +992,7 @@ DECLARE
     current tasker_step_state;
     finished boolean;
     written tasker_workflow_step_transitions;
+    after tasker_workflow_steps;
 BEGIN
     SELECT * INTO step FROM tasker_workflow_steps AS s
     WHERE s.workflow_step_id = step_id
@@ -911,6 +1069,10 @@ BEGIN
     FROM (SELECT count(*) FROM cleared) AS old_one, (SELECT count(*) FROM flagged) AS step
     RETURNING * INTO written;
 
+    SELECT * INTO after FROM tasker_workflow_steps AS s WHERE s.workflow_step_id = step_id;
+    PERFORM tasker_apply_step_changes(ARRAY[ROW(step_id, step.task_id,
+        step.current_state, step.retry_eligible, step.runnable,
+        after.current_state, after.retry_eligible, after.runnable)::tasker_step_change]);
     RETURN written;
 END;
 $$;
@@ -929,14 +1091,15 @@ LANGUAGE plpgsql
 -- and planning the inlined readiness costs more than running it: with custom plans a
 -- claim took 2.5 ms at 100K steps, with the cached generic plans under 1 ms.
 SET plan_cache_mode = force_generic_plan
+SET tasker.writer_maintains = 'on'
 AS $$
 DECLARE
+    stamp timestamp;
     wanted record;
     locked bigint[];
     startable bigint[];
-    claimable record;
-    moved tasker_workflow_step_transitions;
-    claimed tasker_step_claim_row;
+    claimed tasker_step_claim_row[];
+    changes tasker_step_change[];
 BEGIN
     IF max_steps IS NULL OR max_steps < 1 OR lease_seconds IS NULL OR lease_seconds < 1 THEN
         PERFORM tasker_refuse('invalid_argument',
@@ -1009,47 +1172,393 @@ BEGIN
         ORDER BY t.task_id
         FOR NO KEY UPDATE
     ) AS task;
-    -- Now that the rows are locked, this statement's snapshot tells which are still pending.
-    PERFORM transition_task(task.task_id, 'in_progress', claim_ready_steps.metadata, 'pending')
-    FROM tasker_tasks AS task
-    WHERE task.task_id = ANY (startable)
-      AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
-                     WHERE t.task_id = task.task_id AND t.most_recent),
-                   'pending') = 'pending';
+    -- Every lock is held: the moves are stamped now, after whatever they waited for.
+    stamp := clock_timestamp() AT TIME ZONE 'UTC';
+    -- Now that the rows are locked, this statement's snapshot tells which are still
+    -- pending; they move to in_progress together (pending -> in_progress is a move of
+    -- the task state machine, and a pending task is not complete).
+    IF startable IS NOT NULL THEN
+        WITH pending AS MATERIALIZED (
+            SELECT task.task_id, latest.id AS latest_id, latest.to_state AS latest_state,
+                   coalesce(top.sort_key, 0) AS top_key
+            FROM tasker_tasks AS task
+            LEFT JOIN LATERAL (
+                SELECT t.id, t.to_state FROM tasker_task_transitions AS t
+                WHERE t.task_id = task.task_id AND t.most_recent
+            ) AS latest ON true
+            CROSS JOIN LATERAL (
+                SELECT max(t.sort_key) AS sort_key FROM tasker_task_transitions AS t
+                WHERE t.task_id = task.task_id
+            ) AS top
+            WHERE task.task_id = ANY (startable)
+              AND coalesce(latest.to_state, 'pending') = 'pending'
+        ), cleared AS (
+            UPDATE tasker_task_transitions AS t SET most_recent = false
+            FROM pending AS p WHERE t.id = p.latest_id
+            RETURNING t.id
+        )
+        INSERT INTO tasker_task_transitions
+            (task_id, to_state, from_state, metadata, sort_key, most_recent, created_at,
+             updated_at)
+        SELECT p.task_id, 'in_progress', p.latest_state, coalesce(claim_ready_steps.metadata, '{}'),
+               p.top_key + 1, true, stamp, stamp
+        -- Reading cleared runs it first: one current transition per task at any time.
+        FROM pending AS p, (SELECT count(*) FROM cleared) AS old_ones;
+    END IF;
 
     -- 3. Recheck with this statement's snapshot, which sees every commit made before
-    -- the locks were granted, and move each step that is still ready; a step that
-    -- failed last goes back to pending first (error -> pending -> in_progress).
-    FOR claimable IN
-        SELECT r.workflow_step_id, r.task_id, r.named_step_id, r.name, r.current_state
-        FROM tasker_step_readiness(NULL, locked) AS r
-        WHERE r.ready_for_execution
+    -- the locks were granted, and move every step that is still ready in one statement:
+    -- its history (a step that failed last goes back to pending first: error -> pending
+    -- -> in_progress), its flags as transition_workflow_step sets them for a start (an
+    -- attempt, in process, the requested delay honoured), its maintained state and its
+    -- lease.
+    WITH ready AS MATERIALIZED (
+        SELECT step.workflow_step_id, step.task_id, step.named_step_id, named.name::text AS name,
+               step.current_state, step.retry_eligible, step.runnable,
+               latest.id AS latest_id, latest.to_state AS latest_state,
+               coalesce(latest.to_state = 'error', false) AS via_pending,
+               coalesce(top.sort_key, 0) AS top_key
+        FROM tasker_workflow_steps AS step
+        JOIN tasker_named_steps AS named ON named.named_step_id = step.named_step_id
+        LEFT JOIN LATERAL (
+            SELECT t.id, t.to_state FROM tasker_workflow_step_transitions AS t
+            WHERE t.workflow_step_id = step.workflow_step_id AND t.most_recent
+        ) AS latest ON true
+        CROSS JOIN LATERAL (
+            SELECT max(t.sort_key) AS sort_key FROM tasker_workflow_step_transitions AS t
+            WHERE t.workflow_step_id = step.workflow_step_id
+        ) AS top
+        WHERE step.workflow_step_id = ANY (locked)
+          AND step.runnable
+          AND coalesce(step.next_retry_at, '-infinity'::timestamp) <= (now() AT TIME ZONE 'UTC')
           AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
-                         WHERE t.task_id = r.task_id AND t.most_recent),
+                         WHERE t.task_id = step.task_id AND t.most_recent),
                        'pending') = 'in_progress'
-        ORDER BY r.task_id, r.workflow_step_id
-    LOOP
-        IF claimable.current_state = 'error' THEN
-            PERFORM transition_workflow_step(claimable.workflow_step_id, 'pending',
-                                             claim_ready_steps.metadata, 'error');
-        END IF;
-        moved := transition_workflow_step(claimable.workflow_step_id, 'in_progress',
-                                          claim_ready_steps.metadata, 'pending');
-        claimed.claimed_until := moved.created_at + lease_seconds * interval '1 second';
-        UPDATE tasker_workflow_steps AS s SET claimed_until = claimed.claimed_until
-        WHERE s.workflow_step_id = claimable.workflow_step_id
-        RETURNING s.attempts, s.inputs INTO claimed.attempt, claimed.inputs;
-        claimed.workflow_step_id := claimable.workflow_step_id;
-        claimed.task_id := claimable.task_id;
-        claimed.named_step_id := claimable.named_step_id;
-        claimed.name := claimable.name;
-        claimed.claim_id := moved.id;
-        RETURN NEXT claimed;
-    END LOOP;
+    ), cleared AS (
+        UPDATE tasker_workflow_step_transitions AS t SET most_recent = false
+        FROM ready AS r WHERE t.id = r.latest_id
+        RETURNING t.id
+    ), via_pending AS (
+        INSERT INTO tasker_workflow_step_transitions
+            (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
+             created_at, updated_at)
+        SELECT r.workflow_step_id, 'pending', 'error', coalesce(claim_ready_steps.metadata, '{}'),
+               r.top_key + 1, false, stamp, stamp
+        FROM ready AS r
+        WHERE r.via_pending
+        RETURNING id
+    ), started AS (
+        INSERT INTO tasker_workflow_step_transitions
+            (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
+             created_at, updated_at)
+        SELECT r.workflow_step_id, 'in_progress',
+               CASE WHEN r.via_pending THEN 'pending' ELSE r.latest_state END,
+               coalesce(claim_ready_steps.metadata, '{}'),
+               r.top_key + 1 + r.via_pending::integer, true, stamp, stamp
+        -- Reading cleared runs it first: one current transition per step at any time;
+        -- reading via_pending gives the pending moves the lower ids.
+        FROM ready AS r, (SELECT count(*) FROM cleared) AS old_ones,
+             (SELECT count(*) FROM via_pending) AS before_these
+        RETURNING id, workflow_step_id
+    ), moved AS (
+        UPDATE tasker_workflow_steps AS s SET
+            in_process = true,
+            processed = false,
+            processed_at = NULL,
+            attempts = coalesce(s.attempts, 0) + 1,
+            last_attempted_at = stamp,
+            backoff_request_seconds = NULL,
+            claimed_until = stamp + claim_ready_steps.lease_seconds * interval '1 second',
+            current_state = 'in_progress',
+            last_failure_at = NULL,
+            updated_at = stamp
+        FROM ready AS r
+        WHERE s.workflow_step_id = r.workflow_step_id
+        RETURNING s.workflow_step_id, s.attempts, s.inputs, s.claimed_until, s.retry_eligible,
+                  s.runnable
+    )
+    SELECT array_agg(ROW(r.workflow_step_id, r.task_id, r.named_step_id, r.name, m.attempts,
+                         st.id, m.claimed_until, m.inputs)::tasker_step_claim_row
+                     ORDER BY r.task_id, r.workflow_step_id),
+           array_agg(ROW(r.workflow_step_id, r.task_id,
+                         r.current_state, r.retry_eligible, r.runnable,
+                         'in_progress', m.retry_eligible, m.runnable)::tasker_step_change)
+    INTO claimed, changes
+    FROM ready AS r
+    JOIN moved AS m ON m.workflow_step_id = r.workflow_step_id
+    JOIN started AS st ON st.workflow_step_id = r.workflow_step_id;
+
+    IF changes IS NOT NULL THEN
+        PERFORM tasker_apply_step_changes(changes);
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(claimed);
 END;
 $$;
 COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb) IS
     'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task (new, or moved back to pending to resume it) moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: claiming walks tasker_workflow_steps_runnable_idx (runnable steps only) in order until max_steps ready steps are found, with one probe per candidate for its task''s state.';
+
+-- Waiting for work -----------------------------------------------------------------------
+
+-- Steps in backoff that will be ready again, by when: where an idle worker finds how
+-- long it may sleep.
+CREATE INDEX tasker_workflow_steps_backoff_idx
+    ON tasker_workflow_steps (next_retry_at)
+    WHERE runnable AND next_retry_at IS NOT NULL;
+
+CREATE FUNCTION tasker_listen_for_work()
+RETURNS timestamp
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    -- Registered at the end of this statement's transaction; from then on every commit
+    -- that makes steps runnable notifies this session (tasker_add_step_counts).
+    LISTEN tasker_runnable_steps;
+    IF EXISTS (
+        SELECT FROM tasker_workflow_steps AS step
+        WHERE step.runnable
+          AND coalesce(step.next_retry_at, '-infinity'::timestamp) <= (now() AT TIME ZONE 'UTC')
+          AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
+                         WHERE t.task_id = step.task_id AND t.most_recent),
+                       'pending') IN ('pending', 'in_progress')
+    ) THEN
+        RETURN now() AT TIME ZONE 'UTC';
+    END IF;
+    RETURN (SELECT min(step.next_retry_at) FROM tasker_workflow_steps AS step
+            WHERE step.runnable AND step.next_retry_at > (now() AT TIME ZONE 'UTC'));
+END;
+$$;
+COMMENT ON FUNCTION tasker_listen_for_work() IS
+    'LISTENs on tasker_runnable_steps (notified by every commit that makes steps runnable) and returns when work can next be claimed: now when a step is claimable now, else the earliest end of a backoff of a runnable step, NULL when no step is waiting for either. Called by an idle worker before it sleeps on the notifications.';
+
+-- Results, one at a time or many in one statement -------------------------------------
+
+CREATE TYPE tasker_step_report_row AS (
+    workflow_step_id bigint,
+    claim_id bigint,
+    transition_id bigint,
+    refusal jsonb
+);
+COMMENT ON TYPE tasker_step_report_row IS
+    'The outcome of one result reported by report_steps: the id of the transition it wrote, or (transition_id NULL) why it was refused, as the JSON detail tasker_refuse raises (unknown_step, claim_lost, claim_expired, invalid_argument).';
+
+CREATE FUNCTION report_steps(
+    workflow_step_ids bigint[],
+    claim_ids bigint[],
+    outcomes tasker_step_state[],
+    payloads jsonb[],
+    retry_after_seconds integer[] DEFAULT NULL,
+    metadata jsonb DEFAULT '{}'
+)
+RETURNS SETOF tasker_step_report_row
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET tasker.writer_maintains = 'on'
+AS $$
+DECLARE
+    stamp timestamp;
+    n CONSTANT integer := coalesce(cardinality(workflow_step_ids), 0);
+    reported tasker_step_report_row[];
+    changes tasker_step_change[];
+BEGIN
+    IF coalesce(cardinality(claim_ids), 0) <> n OR coalesce(cardinality(outcomes), 0) <> n
+       OR coalesce(cardinality(payloads), 0) <> n
+       OR (retry_after_seconds IS NOT NULL AND cardinality(retry_after_seconds) <> n) THEN
+        PERFORM tasker_refuse('invalid_argument',
+            format('report_steps needs one claim id, outcome and payload (and retry delay, when given) per step, got %s steps, %s claim ids, %s outcomes, %s payloads and %s delays',
+                   n, coalesce(cardinality(claim_ids), 0), coalesce(cardinality(outcomes), 0),
+                   coalesce(cardinality(payloads), 0),
+                   coalesce(cardinality(retry_after_seconds)::text, 'no')),
+            jsonb_build_object('steps', n));
+    END IF;
+    IF EXISTS (SELECT FROM unnest(outcomes) AS o (outcome)
+                WHERE o.outcome IS NULL OR o.outcome NOT IN ('complete', 'error')) THEN
+        PERFORM tasker_refuse('invalid_argument',
+            'report_steps takes the outcomes complete and error only',
+            jsonb_build_object('outcomes', outcomes));
+    END IF;
+    IF (SELECT count(DISTINCT id) FROM unnest(workflow_step_ids) AS i (id)) <> n THEN
+        PERFORM tasker_refuse('invalid_argument',
+            'report_steps takes each workflow step at most once per call',
+            jsonb_build_object('workflow_step_ids', workflow_step_ids));
+    END IF;
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+
+    -- The steps, in id order (the lock order of every writer of steps); then one
+    -- statement checks each claim and writes the results of those that hold.
+    PERFORM FROM tasker_workflow_steps AS s
+    WHERE s.workflow_step_id = ANY (workflow_step_ids)
+    ORDER BY s.workflow_step_id
+    FOR NO KEY UPDATE;
+    stamp := clock_timestamp() AT TIME ZONE 'UTC';
+
+    WITH input AS (
+        SELECT *
+        FROM unnest(workflow_step_ids, claim_ids, outcomes, payloads,
+                    coalesce(retry_after_seconds, array_fill(NULL::integer, ARRAY[n])))
+             WITH ORDINALITY AS i (workflow_step_id, claim_id, outcome, payload, retry_after,
+                                   position)
+    ), checked AS MATERIALIZED (
+        SELECT i.*, step.task_id, step.current_state, step.retry_eligible, step.runnable,
+               latest.id AS latest_id, coalesce(top.sort_key, 0) AS top_key,
+               CASE WHEN i.retry_after < 0 THEN jsonb_build_object(
+                        'refusal', 'invalid_argument',
+                        'message', format('a retry delay must be >= 0 seconds or none, got %s for workflow step %s',
+                                          i.retry_after, i.workflow_step_id),
+                        'workflow_step_id', i.workflow_step_id,
+                        'retry_after_seconds', i.retry_after)
+                    ELSE tasker_claim_refusal(i.workflow_step_id, i.claim_id,
+                                              step.workflow_step_id IS NOT NULL,
+                                              latest.id, latest.to_state, step.claimed_until)
+               END AS refusal
+        FROM input AS i
+        LEFT JOIN tasker_workflow_steps AS step ON step.workflow_step_id = i.workflow_step_id
+        LEFT JOIN LATERAL (
+            SELECT t.id, t.to_state FROM tasker_workflow_step_transitions AS t
+            WHERE t.workflow_step_id = i.workflow_step_id AND t.most_recent
+        ) AS latest ON true
+        LEFT JOIN LATERAL (
+            SELECT max(t.sort_key) AS sort_key FROM tasker_workflow_step_transitions AS t
+            WHERE t.workflow_step_id = i.workflow_step_id
+        ) AS top ON true
+    ), held AS (
+        SELECT * FROM checked AS c WHERE c.refusal IS NULL
+    ), cleared AS (
+        UPDATE tasker_workflow_step_transitions AS t SET most_recent = false
+        FROM held AS h WHERE t.id = h.latest_id
+        RETURNING t.id
+    ), written AS (
+        INSERT INTO tasker_workflow_step_transitions
+            (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
+             created_at, updated_at)
+        SELECT h.workflow_step_id, h.outcome, 'in_progress',
+               CASE WHEN h.outcome = 'complete' THEN coalesce(report_steps.metadata, '{}')
+                    ELSE jsonb_build_object('error', h.payload) END,
+               h.top_key + 1, true, stamp, stamp
+        -- Reading cleared runs it first: one current transition per step at any time.
+        FROM held AS h, (SELECT count(*) FROM cleared) AS old_ones
+        RETURNING id, workflow_step_id
+    ), moved AS (
+        -- The flags as transition_workflow_step sets them for complete and error; a
+        -- failure's requested delay is kept until the next start honours it.
+        UPDATE tasker_workflow_steps AS s SET
+            results = CASE WHEN h.outcome = 'complete' THEN h.payload ELSE s.results END,
+            backoff_request_seconds = CASE WHEN h.outcome = 'error' THEN h.retry_after
+                                           ELSE s.backoff_request_seconds END,
+            in_process = false,
+            processed = (h.outcome = 'complete'),
+            processed_at = CASE WHEN h.outcome = 'complete' THEN stamp END,
+            claimed_until = NULL,
+            current_state = h.outcome,
+            last_failure_at = CASE WHEN h.outcome = 'error' THEN stamp END,
+            updated_at = stamp
+        FROM held AS h
+        WHERE s.workflow_step_id = h.workflow_step_id
+        RETURNING s.workflow_step_id, s.retry_eligible, s.runnable
+    )
+    SELECT array_agg(ROW(c.workflow_step_id, c.claim_id, w.id, c.refusal)::tasker_step_report_row
+                     ORDER BY c.position),
+           array_agg(ROW(c.workflow_step_id, c.task_id,
+                         c.current_state, c.retry_eligible, c.runnable,
+                         c.outcome, m.retry_eligible, m.runnable)::tasker_step_change)
+               FILTER (WHERE m.workflow_step_id IS NOT NULL)
+    INTO reported, changes
+    FROM checked AS c
+    LEFT JOIN written AS w ON w.workflow_step_id = c.workflow_step_id
+    LEFT JOIN moved AS m ON m.workflow_step_id = c.workflow_step_id;
+
+    IF changes IS NOT NULL THEN
+        PERFORM tasker_apply_step_changes(changes);
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(reported);
+END;
+$$;
+COMMENT ON FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb) IS
+    'Reports the results of many claimed steps in one statement, one row per step in the order given. Outcome complete records the payload as the step''s results and completes it (metadata in the transition); outcome error moves it to error with {"error": payload} as the transition metadata and the step''s retry delay (retry_after_seconds, NULL: none) as backoff_request_seconds. Each result is checked on its own: one whose claim no longer holds (or whose delay is negative) is refused in its row, transition_id NULL, and the others are written. Refused as a whole (invalid_argument) when the arrays differ in length, an outcome is neither complete nor error, or a step appears twice.';
+
+-- The single-step calls are the one-element case; a refusal is raised.
+CREATE FUNCTION tasker_reported_transition(outcome tasker_step_report_row)
+RETURNS tasker_workflow_step_transitions
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    written tasker_workflow_step_transitions;
+BEGIN
+    IF outcome.refusal IS NOT NULL THEN
+        PERFORM tasker_refuse(outcome.refusal ->> 'refusal', outcome.refusal ->> 'message',
+                              outcome.refusal - 'refusal' - 'message');
+    END IF;
+    SELECT * INTO written FROM tasker_workflow_step_transitions AS t
+    WHERE t.id = outcome.transition_id;
+    RETURN written;
+END;
+$$;
+COMMENT ON FUNCTION tasker_reported_transition(tasker_step_report_row) IS
+    'The transition a report_steps row wrote, or its refusal raised.';
+
+CREATE OR REPLACE FUNCTION complete_step(
+    workflow_step_id bigint,
+    claim_id bigint,
+    results jsonb,
+    metadata jsonb DEFAULT '{}'
+)
+RETURNS tasker_workflow_step_transitions
+LANGUAGE sql
+AS $$
+    SELECT tasker_reported_transition(r)
+    FROM report_steps(ARRAY[complete_step.workflow_step_id], ARRAY[complete_step.claim_id],
+                      '{complete}', ARRAY[complete_step.results], NULL,
+                      complete_step.metadata) AS r
+$$;
+
+CREATE OR REPLACE FUNCTION fail_step(
+    workflow_step_id bigint,
+    claim_id bigint,
+    error_info jsonb,
+    retry_after_seconds integer DEFAULT NULL
+)
+RETURNS tasker_workflow_step_transitions
+LANGUAGE sql
+AS $$
+    SELECT tasker_reported_transition(r)
+    FROM report_steps(ARRAY[fail_step.workflow_step_id], ARRAY[fail_step.claim_id], '{error}',
+                      ARRAY[fail_step.error_info], ARRAY[fail_step.retry_after_seconds]) AS r
+$$;
+
+CREATE FUNCTION report_and_claim(
+    workflow_step_ids bigint[],
+    claim_ids bigint[],
+    outcomes tasker_step_state[],
+    payloads jsonb[],
+    retry_after_seconds integer[],
+    task_ids bigint[],
+    max_steps integer,
+    lease_seconds integer,
+    metadata jsonb DEFAULT '{}'
+)
+RETURNS TABLE (
+    reported tasker_step_report_row,
+    claimed tasker_step_claim_row
+)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    -- Results first: a step completed here may make its children claimable below.
+    RETURN QUERY
+        SELECT r, NULL::tasker_step_claim_row
+        FROM report_steps(workflow_step_ids, claim_ids, outcomes, payloads,
+                          retry_after_seconds, metadata) AS r;
+    IF max_steps > 0 THEN
+        RETURN QUERY
+            SELECT NULL::tasker_step_report_row, c
+            FROM claim_ready_steps(task_ids, max_steps, lease_seconds, metadata) AS c;
+    END IF;
+END;
+$$;
+COMMENT ON FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb) IS
+    'A worker''s round trip: reports results as report_steps does, then (max_steps > 0) claims up to max_steps steps as claim_ready_steps does, in one statement. One row per reported result (claimed NULL), in the order given, then one per claimed step (reported NULL).';
 
 -- Check and repair ---------------------------------------------------------------------
 
@@ -1075,7 +1584,7 @@ AS $$
         UNION ALL
         SELECT task.task_id, NULL::bigint, value.field, value.maintained, value.recomputed
         FROM tasker_tasks AS task
-        LEFT JOIN tasker_task_step_counts AS kept ON kept.task_id = task.task_id
+        LEFT JOIN LATERAL tasker_task_step_counts_of(task.task_id) AS kept ON true
         CROSS JOIN LATERAL tasker_task_step_recount(task.task_id) AS counted
         CROSS JOIN LATERAL (VALUES
             ('counts_row', (kept.task_id IS NOT NULL)::text, 'true'),
@@ -1130,6 +1639,16 @@ BEGIN
     WHERE task_ids IS NULL OR c.task_id = ANY (task_ids)
     ORDER BY c.task_id
     FOR NO KEY UPDATE;
+    SELECT count(*) INTO n
+    FROM tasker_task_step_counts AS kept
+    CROSS JOIN LATERAL tasker_task_step_counts_of(kept.task_id) AS summed
+    CROSS JOIN LATERAL tasker_task_step_recount(kept.task_id) AS counted
+    WHERE (task_ids IS NULL OR kept.task_id = ANY (task_ids))
+      AND summed IS DISTINCT FROM counted;
+    fixed := fixed + n;
+    -- The stripes fold into the rows, which take the recount.
+    DELETE FROM tasker_task_step_count_stripes AS s
+    WHERE task_ids IS NULL OR s.task_id = ANY (task_ids);
     UPDATE tasker_task_step_counts AS c
     SET (total_steps, pending_steps, in_progress_steps, complete_steps,
          resolved_manually_steps, failed_steps, cancelled_steps, permanently_failed_steps,
@@ -1142,8 +1661,7 @@ BEGIN
     WHERE c.task_id = kept.task_id
       AND (task_ids IS NULL OR kept.task_id = ANY (task_ids))
       AND kept IS DISTINCT FROM counted;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    RETURN fixed + n;
+    RETURN fixed;
 END;
 $$;
 COMMENT ON FUNCTION tasker_rebuild_readiness(bigint[]) IS
@@ -1153,15 +1671,24 @@ COMMENT ON FUNCTION tasker_rebuild_readiness(bigint[]) IS
 -- writes do not also run them), then install the triggers.
 SELECT tasker_rebuild_readiness(NULL);
 
+-- The crate's write functions (claims, results, transitions) write the maintained state
+-- in the statements that change the history and apply what follows from it
+-- themselves (tasker_apply_step_changes); they run with tasker.writer_maintains on, and
+-- these three triggers, which would derive the same again, skip their statements.
+-- Every other writer gets them.
 CREATE TRIGGER tasker_workflow_step_transitions_maintain_insert
     AFTER INSERT ON tasker_workflow_step_transitions
     REFERENCING NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_transitions_changed();
+    FOR EACH STATEMENT
+    WHEN (current_setting('tasker.writer_maintains', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION tasker_step_transitions_changed();
 
 CREATE TRIGGER tasker_workflow_step_transitions_maintain_update
     AFTER UPDATE ON tasker_workflow_step_transitions
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_step_transitions_changed();
+    FOR EACH STATEMENT
+    WHEN (current_setting('tasker.writer_maintains', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION tasker_step_transitions_changed();
 
 CREATE TRIGGER tasker_workflow_step_transitions_maintain_delete
     AFTER DELETE ON tasker_workflow_step_transitions
@@ -1198,7 +1725,9 @@ CREATE TRIGGER tasker_workflow_steps_count_delete
 CREATE TRIGGER tasker_workflow_steps_maintain_update
     AFTER UPDATE ON tasker_workflow_steps
     REFERENCING OLD TABLE AS old_rows NEW TABLE AS changed_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION tasker_steps_updated();
+    FOR EACH STATEMENT
+    WHEN (current_setting('tasker.writer_maintains', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION tasker_steps_updated();
 
 CREATE TRIGGER tasker_tasks_count_insert
     AFTER INSERT ON tasker_tasks

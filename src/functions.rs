@@ -35,6 +35,12 @@ define_sql_function! {
 }
 
 define_sql_function! {
+    /// LISTENs for runnable steps; seconds until work can next be claimed
+    /// (0: now, NULL: nothing waits).
+    fn tasker_listen_for_work() -> Nullable<Double>;
+}
+
+define_sql_function! {
     /// Rebuilds the maintained readiness of the given tasks (NULL: all) from
     /// their history; returns the number of corrections.
     fn tasker_rebuild_readiness(task_ids: Nullable<Array<BigInt>>) -> BigInt;

@@ -1306,10 +1306,12 @@ CREATE INDEX tasker_workflow_steps_backoff_idx
     WHERE runnable AND next_retry_at IS NOT NULL;
 
 CREATE FUNCTION tasker_listen_for_work()
-RETURNS timestamp
+RETURNS double precision
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 AS $$
+DECLARE
+    next_gate timestamp;
 BEGIN
     -- Registered at the end of this statement's transaction; from then on every commit
     -- that makes steps runnable notifies this session (tasker_add_step_counts).
@@ -1322,14 +1324,15 @@ BEGIN
                          WHERE t.task_id = step.task_id AND t.most_recent),
                        'pending') IN ('pending', 'in_progress')
     ) THEN
-        RETURN now() AT TIME ZONE 'UTC';
+        RETURN 0;
     END IF;
-    RETURN (SELECT min(step.next_retry_at) FROM tasker_workflow_steps AS step
-            WHERE step.runnable AND step.next_retry_at > (now() AT TIME ZONE 'UTC'));
+    SELECT min(step.next_retry_at) INTO next_gate FROM tasker_workflow_steps AS step
+    WHERE step.runnable AND step.next_retry_at > (now() AT TIME ZONE 'UTC');
+    RETURN extract(epoch FROM next_gate - (now() AT TIME ZONE 'UTC'));
 END;
 $$;
 COMMENT ON FUNCTION tasker_listen_for_work() IS
-    'LISTENs on tasker_runnable_steps (notified by every commit that makes steps runnable) and returns when work can next be claimed: now when a step is claimable now, else the earliest end of a backoff of a runnable step, NULL when no step is waiting for either. Called by an idle worker before it sleeps on the notifications.';
+    'LISTENs on tasker_runnable_steps (notified by every commit that makes steps runnable) and returns in how many seconds work can next be claimed: 0 when a step is claimable now, else until the earliest end of a backoff of a runnable step; NULL when no step waits for either. An idle worker calls it before it sleeps on the notifications.';
 
 -- Results, one at a time or many in one statement -------------------------------------
 

@@ -1,9 +1,12 @@
 //! Handing ready steps to workers: claims with a lease, and the results a
 //! worker reports under its claim.
 
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::pg::sql_types::Record;
 use diesel::pg::Pg;
 use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamp};
 use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
@@ -11,9 +14,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::call::FunctionCall;
+use crate::enums::StepState;
 use crate::functions;
 use crate::models::WorkflowStepTransition;
-use crate::Result;
+use crate::schema::sql_types::TaskerStepState;
+use crate::{Error, Refusal, Result};
 
 /// Which steps to claim: how many, from which tasks, for how long.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -190,6 +195,361 @@ pub fn release_expired_claims(conn: &mut PgConnection, max_steps: Option<u32>) -
         max_steps.map(|max| saturating_i32(max.into())),
     ))
     .load(conn)?)
+}
+
+/// What a worker reports for a step it claimed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StepOutcome<'a> {
+    /// The step succeeded: record `results` and complete it.
+    Complete { results: &'a Value },
+    /// The step failed: move it to `error` with `{"error": error}` as
+    /// metadata; `retry_after` as for [`fail_step`].
+    Fail {
+        error: &'a Value,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// A result to report under a claim (see [`report_steps`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport<'a> {
+    pub claim: Claim,
+    pub outcome: StepOutcome<'a>,
+}
+
+impl<'a> StepReport<'a> {
+    /// The step succeeded with `results`.
+    pub fn complete(claim: Claim, results: &'a Value) -> Self {
+        StepReport {
+            claim,
+            outcome: StepOutcome::Complete { results },
+        }
+    }
+
+    /// The step failed with `error`; retry no earlier than `retry_after`.
+    pub fn fail(claim: Claim, error: &'a Value, retry_after: Option<Duration>) -> Self {
+        StepReport {
+            claim,
+            outcome: StepOutcome::Fail { error, retry_after },
+        }
+    }
+}
+
+/// What became of one reported result: the id of the transition it wrote, or
+/// why it was refused (the claim was lost or expired, the step is unknown, a
+/// negative delay). A refused result wrote nothing; the others of its batch
+/// are written all the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedStep {
+    pub claim: Claim,
+    pub result: std::result::Result<i64, Refusal>,
+}
+
+/// Reports many results in one round trip and one transaction
+/// (`report_steps`), one [`ReportedStep`] per report in the same order.
+///
+/// Each result is checked against its own claim: a refused one (claim lost,
+/// expired, ...) is reported as refused and writes nothing, and the others
+/// are written all the same, so one lost claim does not cost a batch its
+/// work. A step may appear once per call; repeating one, like a bad
+/// argument, refuses the whole call with [`Refusal::InvalidArgument`].
+pub fn report_steps(
+    conn: &mut PgConnection,
+    reports: &[StepReport<'_>],
+) -> Result<Vec<ReportedStep>> {
+    if reports.is_empty() {
+        return Ok(Vec::new());
+    }
+    let binds = ReportBinds::new(reports);
+    let rows: Vec<ReportRow> = FunctionCall::new(
+        "report_steps",
+        (
+            binds.step_ids.into_sql::<Array<BigInt>>(),
+            binds.claim_ids.into_sql::<Array<BigInt>>(),
+            binds.outcomes.into_sql::<Array<TaskerStepState>>(),
+            binds.payloads.into_sql::<Array<Jsonb>>(),
+            binds.retry_after.into_sql::<Array<Nullable<Integer>>>(),
+        ),
+    )
+    .load(conn)?;
+    rows.into_iter().map(ReportRow::into_reported).collect()
+}
+
+/// Completes many claimed steps in one round trip: [`report_steps`] with
+/// every outcome [`StepOutcome::Complete`].
+pub fn complete_steps(
+    conn: &mut PgConnection,
+    completed: &[(Claim, &Value)],
+) -> Result<Vec<ReportedStep>> {
+    let reports: Vec<StepReport<'_>> = completed
+        .iter()
+        .map(|&(claim, results)| StepReport::complete(claim, results))
+        .collect();
+    report_steps(conn, &reports)
+}
+
+/// Fails many claimed steps in one round trip: [`report_steps`] with every
+/// outcome [`StepOutcome::Fail`].
+pub fn fail_steps(
+    conn: &mut PgConnection,
+    failed: &[(Claim, &Value, Option<Duration>)],
+) -> Result<Vec<ReportedStep>> {
+    let reports: Vec<StepReport<'_>> = failed
+        .iter()
+        .map(|&(claim, error, retry_after)| StepReport::fail(claim, error, retry_after))
+        .collect();
+    report_steps(conn, &reports)
+}
+
+/// A worker's loop in one round trip and one transaction
+/// (`report_and_claim`): reports `reports` as [`report_steps`] does, then
+/// claims as [`claim_ready_steps`] does (children the reports made ready
+/// included). Returns the reports' outcomes, in order, and the claimed steps.
+/// Claims nothing when `request.max_steps` is 0, which makes it a batch of
+/// results alone.
+pub fn report_and_claim(
+    conn: &mut PgConnection,
+    reports: &[StepReport<'_>],
+    request: &ClaimRequest<'_>,
+) -> Result<(Vec<ReportedStep>, Vec<ClaimedStep>)> {
+    let binds = ReportBinds::new(reports);
+    let rows: Vec<ReportOrClaimRow> = FunctionCall::new(
+        "report_and_claim",
+        (
+            binds.step_ids.into_sql::<Array<BigInt>>(),
+            binds.claim_ids.into_sql::<Array<BigInt>>(),
+            binds.outcomes.into_sql::<Array<TaskerStepState>>(),
+            binds.payloads.into_sql::<Array<Jsonb>>(),
+            binds.retry_after.into_sql::<Array<Nullable<Integer>>>(),
+            request.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
+            saturating_i32(request.max_steps.into()).into_sql::<Integer>(),
+            lease_seconds(request.lease).into_sql::<Integer>(),
+            request.metadata.into_sql::<Nullable<Jsonb>>(),
+        ),
+    )
+    .load(conn)?;
+    let mut reported = Vec::with_capacity(reports.len());
+    let mut claimed = Vec::new();
+    for row in rows {
+        if let Some((workflow_step_id, claim_id, transition_id, refusal)) = row.reported {
+            reported.push(
+                ReportRow {
+                    workflow_step_id,
+                    claim_id,
+                    transition_id,
+                    refusal,
+                }
+                .into_reported()?,
+            );
+        }
+        if let Some((
+            workflow_step_id,
+            task_id,
+            named_step_id,
+            name,
+            attempt,
+            claim_id,
+            claimed_until,
+            inputs,
+        )) = row.claimed
+        {
+            claimed.push(ClaimedStep {
+                workflow_step_id,
+                task_id,
+                named_step_id,
+                name,
+                attempt,
+                claim_id,
+                claimed_until,
+                inputs,
+            });
+        }
+    }
+    Ok((reported, claimed))
+}
+
+/// Why [`wait_for_claimable_work`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wakeup {
+    /// A step was claimable when the wait began.
+    Ready,
+    /// A commit made steps runnable (`NOTIFY tasker_runnable_steps`).
+    Notified,
+    /// The backoff of a failed step ended: it may be claimable now.
+    BackoffEnded,
+    /// The timeout passed with none of these.
+    TimedOut,
+}
+
+/// How often [`wait_for_claimable_work`] looks for a notification that has
+/// arrived on the connection (a read of its socket, not a query).
+const NOTIFICATION_CHECK: Duration = Duration::from_millis(1);
+
+/// How long after the end of a backoff [`wait_for_claimable_work`] wakes.
+const BACKOFF_MARGIN: Duration = Duration::from_millis(5);
+
+/// Blocks until work may be claimable, or `timeout` passes: an idle worker's
+/// wait, instead of polling with claims.
+///
+/// The first call LISTENs on the connection (`tasker_listen_for_work`), so it
+/// is best kept for a connection of its own or one kept out of the pool's
+/// rotation; every commit that makes steps runnable (creation, a parent's
+/// completion, a failure with retries left, a released claim) notifies it.
+/// Returns at once when a step is claimable now; sleeps no longer than until
+/// the earliest backoff of a failed step ends. A notification missed (the
+/// connection was lost, or it arrived before the first LISTEN took effect)
+/// costs at most the timeout. Waiting for a notification reads the socket
+/// every millisecond; it sends nothing to the server. Refused with
+/// [`Refusal::InvalidArgument`] inside a transaction, where notifications
+/// are not delivered.
+pub fn wait_for_claimable_work(conn: &mut PgConnection, timeout: Duration) -> Result<Wakeup> {
+    let in_transaction = AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()?
+        .is_some();
+    if in_transaction {
+        return Err(Error::Refused(Refusal::InvalidArgument {
+            message: "wait_for_claimable_work needs a connection outside a transaction: \
+                      notifications arrive between transactions"
+                .to_owned(),
+        }));
+    }
+    let started = Instant::now();
+    // Notifications received before the check below are older than what it sees.
+    for notification in conn.notifications_iter() {
+        notification?;
+    }
+    let next_seconds: Option<f64> =
+        diesel::select(functions::tasker_listen_for_work()).get_result(conn)?;
+    if next_seconds.is_some_and(|seconds| seconds <= 0.0) {
+        return Ok(Wakeup::Ready);
+    }
+    // A little after the gate, so that the claim that follows finds it passed.
+    let backoff_ends =
+        next_seconds.map(|seconds| started + Duration::from_secs_f64(seconds) + BACKOFF_MARGIN);
+    let deadline = started + timeout;
+    loop {
+        if let Some(notification) = conn.notifications_iter().next() {
+            notification?;
+            return Ok(Wakeup::Notified);
+        }
+        let now = Instant::now();
+        if backoff_ends.is_some_and(|ends| now >= ends) {
+            return Ok(Wakeup::BackoffEnded);
+        }
+        if now >= deadline {
+            return Ok(Wakeup::TimedOut);
+        }
+        let until = backoff_ends.map_or(deadline, |ends| ends.min(deadline));
+        thread::sleep(NOTIFICATION_CHECK.min(until - now));
+    }
+}
+
+/// The array binds of a batch of reports, one element per report.
+struct ReportBinds<'a> {
+    step_ids: Vec<i64>,
+    claim_ids: Vec<i64>,
+    outcomes: Vec<StepState>,
+    payloads: Vec<&'a Value>,
+    retry_after: Vec<Option<i32>>,
+}
+
+impl<'a> ReportBinds<'a> {
+    fn new(reports: &[StepReport<'a>]) -> Self {
+        let mut binds = ReportBinds {
+            step_ids: Vec::with_capacity(reports.len()),
+            claim_ids: Vec::with_capacity(reports.len()),
+            outcomes: Vec::with_capacity(reports.len()),
+            payloads: Vec::with_capacity(reports.len()),
+            retry_after: Vec::with_capacity(reports.len()),
+        };
+        for report in reports {
+            binds.step_ids.push(report.claim.workflow_step_id);
+            binds.claim_ids.push(report.claim.claim_id);
+            let (outcome, payload, retry_after) = match report.outcome {
+                StepOutcome::Complete { results } => (StepState::Complete, results, None),
+                StepOutcome::Fail { error, retry_after } => {
+                    (StepState::Error, error, retry_after.map(lease_seconds))
+                }
+            };
+            binds.outcomes.push(outcome);
+            binds.payloads.push(payload);
+            binds.retry_after.push(retry_after);
+        }
+        binds
+    }
+}
+
+/// A row of `report_steps`.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(Pg))]
+struct ReportRow {
+    #[diesel(sql_type = BigInt)]
+    workflow_step_id: i64,
+    #[diesel(sql_type = BigInt)]
+    claim_id: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    transition_id: Option<i64>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    refusal: Option<Value>,
+}
+
+impl ReportRow {
+    fn into_reported(self) -> Result<ReportedStep> {
+        let claim = Claim {
+            workflow_step_id: self.workflow_step_id,
+            claim_id: self.claim_id,
+        };
+        let result = match (self.transition_id, self.refusal) {
+            (Some(transition_id), None) => Ok(transition_id),
+            (_, Some(refusal)) => {
+                Err(serde_json::from_value::<Refusal>(refusal).map_err(|error| {
+                    Error::Query(diesel::result::Error::DeserializationError(Box::new(error)))
+                })?)
+            }
+            (None, None) => {
+                return Err(Error::Query(diesel::result::Error::DeserializationError(
+                    format!(
+                        "report_steps gave neither a transition nor a refusal for step {}",
+                        claim.workflow_step_id
+                    )
+                    .into(),
+                )))
+            }
+        };
+        Ok(ReportedStep { claim, result })
+    }
+}
+
+type ReportRecord = Record<(BigInt, BigInt, Nullable<BigInt>, Nullable<Jsonb>)>;
+type ClaimRecord = Record<(
+    BigInt,
+    BigInt,
+    Integer,
+    Text,
+    Integer,
+    BigInt,
+    Timestamp,
+    Nullable<Jsonb>,
+)>;
+
+/// A row of `report_and_claim`: a reported result or a claimed step.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(Pg))]
+struct ReportOrClaimRow {
+    #[diesel(sql_type = Nullable<ReportRecord>)]
+    reported: Option<(i64, i64, Option<i64>, Option<Value>)>,
+    #[diesel(sql_type = Nullable<ClaimRecord>)]
+    #[allow(clippy::type_complexity)]
+    claimed: Option<(
+        i64,
+        i64,
+        i32,
+        String,
+        i32,
+        i64,
+        NaiveDateTime,
+        Option<Value>,
+    )>,
 }
 
 /// Whole seconds, as the SQL functions take them, rounded up so that a lease

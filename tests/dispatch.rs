@@ -1,0 +1,599 @@
+//! Dispatch in batches: `report_steps` (and `complete_steps`, `fail_steps`),
+//! `report_and_claim`, the counts stripes that keep concurrent writers of one
+//! task from queueing on its counts row, and `wait_for_claimable_work`.
+//!
+//! Autocommit connections, as workers use them: every call commits.
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer};
+use serde_json::json;
+use tasker_diesel::schema::tasker_workflow_steps::dsl as steps;
+use tasker_diesel::testing::TestDatabase;
+use tasker_diesel::workflow::{
+    claim_ready_steps, complete_steps, fail_steps, release_expired_claims, report_and_claim,
+    report_steps, wait_for_claimable_work, Claim, ClaimRequest, ClaimedStep, StepReport, Wakeup,
+};
+use tasker_diesel::{Error, Refusal, StepState, TaskExecutionContext};
+
+mod support;
+use support::{add_edge, assert_maintained_readiness, snapshot, step_row, task_with_steps};
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn claim_any(conn: &mut PgConnection, max_steps: u32) -> Vec<ClaimedStep> {
+    claim_ready_steps(conn, &ClaimRequest::any_task(max_steps, LEASE)).expect("claim")
+}
+
+fn claims(claimed: &[ClaimedStep]) -> Vec<Claim> {
+    claimed.iter().map(ClaimedStep::claim).collect()
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    diesel::sql_query(sql)
+        .get_result::<Count>(conn)
+        .expect(sql)
+        .n
+}
+
+#[test]
+fn a_batch_writes_the_results_whose_claims_hold_and_refuses_each_other_by_name() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 5);
+    let claimed = claim_any(&mut conn, 5);
+    assert_eq!(claimed.len(), 5);
+    let [held, failed, lost, expired, unknown_claim] =
+        <[Claim; 5]>::try_from(claims(&claimed)).expect("five claims");
+    // One claim is lost (its step was released and claimed again), one has
+    // expired, and one names a step that does not exist.
+    diesel::update(steps::tasker_workflow_steps.find(lost.workflow_step_id))
+        .set(steps::claimed_until.eq(diesel::dsl::sql("claimed_until - interval '2 minutes'")))
+        .execute(&mut conn)
+        .expect("expire");
+    assert_eq!(
+        release_expired_claims(&mut conn, None).expect("release"),
+        vec![lost.workflow_step_id]
+    );
+    diesel::update(steps::tasker_workflow_steps.find(expired.workflow_step_id))
+        .set(steps::claimed_until.eq(diesel::dsl::sql("claimed_until - interval '2 minutes'")))
+        .execute(&mut conn)
+        .expect("expire");
+    let missing = Claim {
+        workflow_step_id: i64::MAX,
+        claim_id: unknown_claim.claim_id,
+    };
+
+    let results = json!({"charged": 10});
+    let error = json!({"message": "card declined"});
+    let reports = [
+        StepReport::complete(held, &results),
+        StepReport::fail(failed, &error, Some(Duration::from_secs(30))),
+        StepReport::complete(lost, &results),
+        StepReport::complete(expired, &results),
+        StepReport::complete(missing, &results),
+    ];
+    let before_lost = step_row(&mut conn, lost.workflow_step_id);
+    let before_expired = step_row(&mut conn, expired.workflow_step_id);
+    let reported = report_steps(&mut conn, &reports).expect("report_steps");
+
+    let outcome: Vec<_> = reported
+        .iter()
+        .map(|r| (r.claim, r.result.clone()))
+        .collect();
+    assert_eq!(outcome.len(), 5, "{outcome:?}");
+    assert!(outcome[0].1.is_ok() && outcome[1].1.is_ok(), "{outcome:?}");
+    assert_eq!(outcome[0].0, held);
+    assert_eq!(
+        outcome[2].1,
+        Err(Refusal::ClaimLost {
+            workflow_step_id: lost.workflow_step_id,
+            claim_id: lost.claim_id,
+            state: StepState::Error,
+        })
+    );
+    assert!(
+        matches!(outcome[3].1, Err(Refusal::ClaimExpired { workflow_step_id, claim_id, .. })
+            if workflow_step_id == expired.workflow_step_id && claim_id == expired.claim_id),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome[4].1,
+        Err(Refusal::UnknownStep {
+            workflow_step_id: i64::MAX
+        })
+    );
+
+    let done = step_row(&mut conn, held.workflow_step_id);
+    assert_eq!(done.results, Some(results));
+    assert_eq!(done.current_state, StepState::Complete);
+    let errored = step_row(&mut conn, failed.workflow_step_id);
+    assert_eq!(errored.current_state, StepState::Error);
+    assert_eq!(errored.backoff_request_seconds, Some(30));
+    // The refused ones wrote nothing.
+    assert_eq!(step_row(&mut conn, lost.workflow_step_id), before_lost);
+    assert_eq!(
+        step_row(&mut conn, expired.workflow_step_id),
+        before_expired
+    );
+    assert_maintained_readiness(&mut conn, Some(&[fixture.task.task_id]));
+}
+
+#[test]
+fn a_batch_with_a_bad_argument_is_refused_whole_and_writes_nothing() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    task_with_steps(&mut conn, 2);
+    let claimed = claims(&claim_any(&mut conn, 2));
+    let results = json!({});
+    let before = snapshot(&mut conn);
+
+    let twice = report_steps(
+        &mut conn,
+        &[
+            StepReport::complete(claimed[0], &results),
+            StepReport::complete(claimed[1], &results),
+            StepReport::complete(claimed[0], &results),
+        ],
+    );
+    assert!(
+        matches!(twice, Err(Error::Refused(Refusal::InvalidArgument { ref message }))
+            if message.contains("at most once")),
+        "{twice:?}"
+    );
+    support::assert_nothing_written(&before, &snapshot(&mut conn), "a step reported twice");
+    assert!(report_steps(&mut conn, &[])
+        .expect("empty batch")
+        .is_empty());
+}
+
+#[test]
+fn complete_steps_and_fail_steps_are_report_steps_with_one_outcome() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 4);
+    let claimed = claims(&claim_any(&mut conn, 4));
+    let results = json!({"ok": true});
+    let error = json!({"message": "timeout"});
+
+    let completed = complete_steps(&mut conn, &[(claimed[0], &results), (claimed[1], &results)])
+        .expect("complete_steps");
+    assert!(completed.iter().all(|r| r.result.is_ok()), "{completed:?}");
+    let failed = fail_steps(
+        &mut conn,
+        &[
+            (claimed[2], &error, None),
+            (claimed[3], &error, Some(Duration::from_millis(1500))),
+        ],
+    )
+    .expect("fail_steps");
+    assert!(failed.iter().all(|r| r.result.is_ok()), "{failed:?}");
+
+    let rows: Vec<_> = fixture
+        .step_ids()
+        .into_iter()
+        .map(|id| step_row(&mut conn, id))
+        .collect();
+    assert_eq!(
+        rows.iter().map(|s| s.current_state).collect::<Vec<_>>(),
+        [
+            StepState::Complete,
+            StepState::Complete,
+            StepState::Error,
+            StepState::Error
+        ]
+    );
+    // The delay is rounded up to whole seconds, never shorter than asked.
+    assert_eq!(rows[2].backoff_request_seconds, None);
+    assert_eq!(rows[3].backoff_request_seconds, Some(2));
+    // The transition ids returned are the steps' current transitions.
+    for (reported, row) in completed.iter().chain(&failed).zip(&rows) {
+        let history = support::step_transitions(&mut conn, row.workflow_step_id);
+        assert_eq!(
+            reported.result,
+            Ok(history.last().expect("a transition").id)
+        );
+    }
+    assert_maintained_readiness(&mut conn, Some(&[fixture.task.task_id]));
+}
+
+#[test]
+fn report_and_claim_completes_a_parent_and_claims_its_child_in_one_call() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 3);
+    let [first, second, third] = <[i64; 3]>::try_from(fixture.step_ids()).expect("three steps");
+    add_edge(&mut conn, first, second).expect("edge");
+    add_edge(&mut conn, second, third).expect("edge");
+
+    let claimed = claim_any(&mut conn, 10);
+    assert_eq!(claimed.len(), 1, "only the root is ready");
+    let results = json!({"step": 1});
+    let request = ClaimRequest::any_task(10, LEASE);
+    let (reported, next) = report_and_claim(
+        &mut conn,
+        &[StepReport::complete(claimed[0].claim(), &results)],
+        &request,
+    )
+    .expect("report_and_claim");
+    assert_eq!(reported.len(), 1);
+    assert!(reported[0].result.is_ok(), "{reported:?}");
+    assert_eq!(
+        next.iter().map(|s| s.workflow_step_id).collect::<Vec<_>>(),
+        [second],
+        "the child the report made ready"
+    );
+    assert_eq!(next[0].attempt, 1);
+
+    // A lost claim is refused while the claim goes on.
+    let (reported, next) = report_and_claim(
+        &mut conn,
+        &[StepReport::complete(claimed[0].claim(), &results)],
+        &request,
+    )
+    .expect("report_and_claim");
+    assert!(
+        matches!(reported[0].result, Err(Refusal::ClaimLost { .. })),
+        "{reported:?}"
+    );
+    assert!(
+        next.is_empty(),
+        "the third step waits for the second: {next:?}"
+    );
+
+    // With max_steps 0 it only reports.
+    let held = claims(&claim_again(&mut conn, second))[0];
+    let (reported, next) = report_and_claim(
+        &mut conn,
+        &[StepReport::complete(held, &results)],
+        &ClaimRequest::any_task(0, LEASE),
+    )
+    .expect("report only");
+    assert!(
+        reported[0].result.is_ok() && next.is_empty(),
+        "{reported:?} {next:?}"
+    );
+    assert_eq!(step_row(&mut conn, third).current_state, StepState::Pending);
+    assert!(
+        step_row(&mut conn, third).runnable,
+        "the third step became runnable"
+    );
+    assert_maintained_readiness(&mut conn, Some(&[fixture.task.task_id]));
+}
+
+/// The claim held on `step_id`, read back from its current transition.
+fn claim_again(conn: &mut PgConnection, step_id: i64) -> Vec<ClaimedStep> {
+    let history = support::step_transitions(conn, step_id);
+    let current = history.last().expect("a transition");
+    let row = step_row(conn, step_id);
+    vec![ClaimedStep {
+        workflow_step_id: step_id,
+        task_id: row.task_id,
+        named_step_id: row.named_step_id,
+        name: String::new(),
+        attempt: row.attempts.unwrap_or(0),
+        claim_id: current.id,
+        claimed_until: row.claimed_until.expect("leased"),
+        inputs: None,
+    }]
+}
+
+#[test]
+fn a_backend_killed_during_a_batch_writes_nothing_of_it() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 3);
+    let claimed = claims(&claim_any(&mut conn, 3));
+    let before = snapshot(&mut conn);
+
+    // Another transaction holds the last step, so the batch waits for it with
+    // its first steps locked; then its backend is killed.
+    let mut holder = db.connection();
+    holder.begin_test_transaction().expect("begin");
+    diesel::sql_query("SELECT 1 FROM tasker_workflow_steps WHERE workflow_step_id = $1 FOR UPDATE")
+        .bind::<BigInt, _>(claimed[2].workflow_step_id)
+        .execute(&mut holder)
+        .expect("hold the step");
+
+    let (pid_sender, pid) = mpsc::channel();
+    let url = db.url().to_owned();
+    let reporter = thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).expect("connect");
+        #[derive(QueryableByName)]
+        struct Pid {
+            #[diesel(sql_type = Integer)]
+            pid: i32,
+        }
+        let own: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result(&mut conn)
+            .expect("pid");
+        pid_sender.send(own.pid).expect("send pid");
+        let results = json!({});
+        let reports: Vec<_> = claimed
+            .iter()
+            .map(|&c| StepReport::complete(c, &results))
+            .collect();
+        report_steps(&mut conn, &reports)
+    });
+    let pid = pid.recv().expect("pid");
+    let waiting = Instant::now();
+    loop {
+        let n = count(
+            &mut conn,
+            &format!(
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+            ),
+        );
+        if n == 1 {
+            break;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "the batch never waited"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    count(
+        &mut conn,
+        &format!("SELECT pg_terminate_backend({pid})::integer::bigint AS n"),
+    );
+    let outcome = reporter.join().expect("reporter thread");
+    assert!(outcome.is_err(), "the killed batch must fail: {outcome:?}");
+    drop(holder);
+
+    support::assert_nothing_written(&before, &snapshot(&mut conn), "a killed batch");
+    assert_maintained_readiness(&mut conn, Some(&[fixture.task.task_id]));
+}
+
+#[test]
+fn a_writer_that_finds_the_counts_row_locked_writes_a_stripe_instead_of_waiting() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 3);
+    let task_id = fixture.task.task_id;
+    let claimed = claims(&claim_any(&mut conn, 3));
+
+    let mut holder = db.connection();
+    holder.begin_test_transaction().expect("begin");
+    diesel::sql_query("SELECT 1 FROM tasker_task_step_counts WHERE task_id = $1 FOR UPDATE")
+        .bind::<BigInt, _>(task_id)
+        .execute(&mut holder)
+        .expect("hold the counts row");
+
+    // This would wait for the holder if counts had one row per task: give
+    // up on it after 5 s rather than hang.
+    diesel::sql_query("SET statement_timeout = '5s'")
+        .execute(&mut conn)
+        .expect("statement timeout");
+    let results = json!({});
+    let started = Instant::now();
+    let reported = complete_steps(&mut conn, &[(claimed[0], &results), (claimed[1], &results)])
+        .expect("complete while the counts row is held");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(reported.iter().all(|r| r.result.is_ok()));
+    let stripes = format!(
+        "SELECT count(*) AS n FROM tasker_task_step_count_stripes WHERE task_id = {task_id}"
+    );
+    assert_eq!(count(&mut conn, &stripes), 1, "the change went to a stripe");
+    let context = TaskExecutionContext::find(&mut conn, task_id)
+        .expect("context")
+        .expect("a context");
+    assert_eq!((context.completed_steps, context.in_progress_steps), (2, 1));
+    assert_maintained_readiness(&mut conn, Some(&[task_id]));
+
+    drop(holder);
+    complete_steps(&mut conn, &[(claimed[2], &results)]).expect("complete the last");
+    assert_eq!(
+        count(&mut conn, &stripes),
+        1,
+        "the free row took the last change"
+    );
+    assert_maintained_readiness(&mut conn, Some(&[task_id]));
+    // A rebuild folds the stripes into the row and finds nothing to correct.
+    assert_eq!(
+        tasker_diesel::readiness::rebuild_readiness(&mut conn, None).expect("rebuild"),
+        0
+    );
+    assert_eq!(count(&mut conn, &stripes), 0);
+    assert_maintained_readiness(&mut conn, Some(&[task_id]));
+}
+
+#[test]
+fn eight_writers_on_one_task_keep_its_counts_exact() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 400);
+    let task_id = fixture.task.task_id;
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let url = db.url().to_owned();
+            thread::spawn(move || -> Result<usize, String> {
+                let mut conn = PgConnection::establish(&url).map_err(|e| e.to_string())?;
+                let results = json!({"worker": worker});
+                let error = json!({"worker": worker});
+                let request = ClaimRequest::for_tasks(std::slice::from_ref(&task_id), 7, LEASE);
+                let mut reports: Vec<Claim> = Vec::new();
+                let mut done = 0;
+                loop {
+                    // Every third result a failure (retried later), the rest completions.
+                    let batch: Vec<StepReport<'_>> = reports
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &claim)| {
+                            if (i + worker) % 3 == 0 {
+                                StepReport::fail(claim, &error, None)
+                            } else {
+                                StepReport::complete(claim, &results)
+                            }
+                        })
+                        .collect();
+                    let (reported, claimed) =
+                        report_and_claim(&mut conn, &batch, &request).map_err(|e| e.to_string())?;
+                    if let Some(refused) = reported.iter().find(|r| r.result.is_err()) {
+                        return Err(format!("refused: {refused:?}"));
+                    }
+                    done += reported.len();
+                    if claimed.is_empty() {
+                        return Ok(done);
+                    }
+                    reports = claimed.iter().map(ClaimedStep::claim).collect();
+                }
+            })
+        })
+        .collect();
+    let reported: usize = workers
+        .into_iter()
+        .map(|w| w.join().expect("worker thread").expect("worker"))
+        .sum();
+    assert!(
+        reported >= 400,
+        "every step reported at least once: {reported}"
+    );
+    assert_maintained_readiness(&mut conn, Some(&[task_id]));
+}
+
+/// Runs `wait_for_claimable_work` on a connection of its own in a thread.
+fn waiter(
+    db: &TestDatabase,
+    timeout: Duration,
+) -> (thread::JoinHandle<(Wakeup, Duration)>, mpsc::Receiver<()>) {
+    let url = db.url().to_owned();
+    let (listening, listened) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).expect("connect");
+        // A first wait registers the LISTEN (nothing is claimable yet).
+        let first = wait_for_claimable_work(&mut conn, Duration::from_millis(1)).expect("listen");
+        assert_eq!(
+            first,
+            Wakeup::TimedOut,
+            "nothing is claimable before the test writes"
+        );
+        listening.send(()).expect("send");
+        let started = Instant::now();
+        let wakeup = wait_for_claimable_work(&mut conn, timeout).expect("wait");
+        (wakeup, started.elapsed())
+    });
+    (handle, listened)
+}
+
+#[test]
+fn an_idle_worker_wakes_when_creation_completion_or_release_makes_steps_runnable() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let long = Duration::from_secs(20);
+
+    // Creation.
+    let (handle, listened) = waiter(&db, long);
+    listened.recv().expect("listening");
+    let fixture = task_with_steps(&mut conn, 2);
+    let [parent, child] = <[i64; 2]>::try_from(fixture.step_ids()).expect("two steps");
+    // The edge makes the child wait; its insert is a second commit, so claim
+    // the parent first to keep the next wait idle.
+    add_edge(&mut conn, parent, child).expect("edge");
+    let (wakeup, waited) = handle.join().expect("waiter");
+    assert_eq!(wakeup, Wakeup::Notified, "woken by the creation");
+    assert!(waited < long / 2, "{waited:?}");
+    let claimed = claim_any(&mut conn, 10);
+    assert_eq!(claimed.len(), 1);
+
+    // Completion: the parent's completion makes the child runnable.
+    let (handle, listened) = waiter(&db, long);
+    listened.recv().expect("listening");
+    let results = json!({});
+    complete_steps(&mut conn, &[(claimed[0].claim(), &results)]).expect("complete");
+    let (wakeup, waited) = handle.join().expect("waiter");
+    assert_eq!(wakeup, Wakeup::Notified, "woken by the completion");
+    assert!(waited < long / 2, "{waited:?}");
+
+    // Release: an expired claim released with retries left is runnable again
+    // (the failure backoff of its first attempt, 2 s, is waited out or notified).
+    let claimed = claim_any(&mut conn, 10);
+    assert_eq!(claimed.len(), 1);
+    let (handle, listened) = waiter(&db, long);
+    listened.recv().expect("listening");
+    diesel::update(steps::tasker_workflow_steps.find(claimed[0].workflow_step_id))
+        .set(steps::claimed_until.eq(diesel::dsl::sql("claimed_until - interval '2 minutes'")))
+        .execute(&mut conn)
+        .expect("expire");
+    release_expired_claims(&mut conn, None).expect("release");
+    let (wakeup, waited) = handle.join().expect("waiter");
+    assert_eq!(wakeup, Wakeup::Notified, "woken by the release");
+    assert!(waited < long / 2, "{waited:?}");
+}
+
+#[test]
+fn an_idle_worker_wakes_when_a_backoff_ends_and_recovers_a_missed_notification_by_its_timeout() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 1);
+    let claimed = claim_any(&mut conn, 1);
+    let error = json!({"message": "try again"});
+    fail_steps(&mut conn, &[(claimed[0].claim(), &error, None)]).expect("fail");
+    // The first failure's backoff is 2 s; the waiter sleeps until it ends,
+    // whatever its timeout.
+    let mut waiting = db.connection();
+    let started = Instant::now();
+    let wakeup = wait_for_claimable_work(&mut waiting, Duration::from_secs(30)).expect("wait");
+    let waited = started.elapsed();
+    assert_eq!(wakeup, Wakeup::BackoffEnded);
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+    assert_eq!(
+        wait_for_claimable_work(&mut waiting, Duration::from_secs(30)).expect("wait"),
+        Wakeup::Ready
+    );
+    let claimed = claim_any(&mut conn, 1);
+    assert_eq!(claimed.len(), 1, "the step is claimable again");
+    assert_eq!(
+        claimed[0].workflow_step_id,
+        fixture.steps[0].workflow_step_id
+    );
+    complete_steps(&mut conn, &[(claimed[0].claim(), &error)]).expect("complete");
+
+    // A write that sends no notification (triggers off for its session) is
+    // found by the next wait once the timeout ends this one.
+    let (handle, listened) = waiter(&db, Duration::from_millis(300));
+    listened.recv().expect("listening");
+    diesel::sql_query("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .expect("triggers off");
+    task_with_steps(&mut conn, 1);
+    diesel::sql_query("SET session_replication_role = DEFAULT")
+        .execute(&mut conn)
+        .expect("triggers on");
+    let (wakeup, waited) = handle.join().expect("waiter");
+    assert_eq!(wakeup, Wakeup::TimedOut, "no notification was sent");
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert_eq!(
+        wait_for_claimable_work(&mut waiting, Duration::from_secs(30)).expect("wait"),
+        Wakeup::Ready,
+        "the next wait finds the work"
+    );
+}
+
+#[test]
+fn waiting_inside_a_transaction_is_refused() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let refused = conn.transaction(|conn| {
+        Ok::<_, Error>(wait_for_claimable_work(conn, Duration::from_millis(10)))
+    });
+    assert!(
+        matches!(
+            refused,
+            Ok(Err(Error::Refused(Refusal::InvalidArgument { .. })))
+        ),
+        "{refused:?}"
+    );
+}

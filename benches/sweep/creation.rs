@@ -206,7 +206,7 @@ fn graph(
 /// Autovacuum would analyse the growing tables; on a server where it is off
 /// (as on the benchmark's), plans made while the tables were empty would scan
 /// them for good.
-fn analyze(conn: &mut PgConnection) -> BoxResult<()> {
+pub(crate) fn analyze(conn: &mut PgConnection) -> BoxResult<()> {
     sql_query("VACUUM ANALYZE").execute(conn)?;
     Ok(())
 }
@@ -239,7 +239,7 @@ fn record(
 }
 
 /// `length` steps, each depending on the one before.
-fn chain(name: &str, length: usize) -> TaskTemplate {
+pub(crate) fn chain(name: &str, length: usize) -> TaskTemplate {
     (0..length).fold(TaskTemplate::new("bench", name, "1"), |template, index| {
         let step = StepTemplate::new(format!("s{index}"));
         template.step(match index {
@@ -250,7 +250,7 @@ fn chain(name: &str, length: usize) -> TaskTemplate {
 }
 
 /// a -> (b, c) -> d.
-fn diamond() -> TaskTemplate {
+pub(crate) fn diamond() -> TaskTemplate {
     TaskTemplate::new("bench", "diamond", "1")
         .step(StepTemplate::new("a"))
         .step(StepTemplate::new("b").depends_on(["a"]))
@@ -260,7 +260,7 @@ fn diamond() -> TaskTemplate {
 
 /// `layers` layers of `width` steps; each step below the first depends on the
 /// step above it and on that step's right neighbour (wrapping around).
-fn layered(name: &str, layers: usize, width: usize) -> TaskTemplate {
+pub(crate) fn layered(name: &str, layers: usize, width: usize) -> TaskTemplate {
     let step_name = |layer: usize, position: usize| format!("l{layer}_{position}");
     let mut template = TaskTemplate::new("bench", name, "1");
     for layer in 0..layers {
@@ -279,7 +279,7 @@ fn layered(name: &str, layers: usize, width: usize) -> TaskTemplate {
 }
 
 /// One root and its `children`.
-fn fan_out(children: usize) -> TaskTemplate {
+pub(crate) fn fan_out(children: usize) -> TaskTemplate {
     (0..children).fold(
         TaskTemplate::new("bench", "fan_out", "1").step(StepTemplate::new("root")),
         |template, index| {
@@ -289,7 +289,7 @@ fn fan_out(children: usize) -> TaskTemplate {
 }
 
 /// `roots` roots and one child depending on all of them.
-fn fan_in(name: &str, roots: usize) -> TaskTemplate {
+pub(crate) fn fan_in(name: &str, roots: usize) -> TaskTemplate {
     let names: Vec<String> = (0..roots).map(|index| format!("r{index}")).collect();
     names
         .iter()

@@ -16,6 +16,7 @@
 
 mod creation;
 mod dataset;
+mod dispatch;
 mod legacy;
 mod machine;
 mod report;
@@ -72,6 +73,9 @@ enum Command {
     Render {
         out: PathBuf,
     },
+    Dispatch {
+        only: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +114,12 @@ fn parse(args: &[String]) -> Result<Command, String> {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "generate" => generate = true,
+            "dispatch" => {
+                let only = args.next().map_or_else(Vec::new, |list| {
+                    list.split(',').map(str::to_owned).collect()
+                });
+                return Ok(Command::Dispatch { only });
+            }
             "render" => render = true,
             "--quick" => {
                 sizes = vec![10_000, 100_000];
@@ -173,6 +183,11 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
         Command::Render { out } => {
             report::render_again(&out)?;
             println!("report rendered again in {}", out.display());
+            Ok(())
+        }
+        Command::Dispatch { only } => {
+            let results = dispatch::run(server_url(), &only)?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
             Ok(())
         }
         Command::Generate { steps, reuse } => {

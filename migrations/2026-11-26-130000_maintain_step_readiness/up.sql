@@ -287,6 +287,12 @@ COMMENT ON FUNCTION tasker_step_parent_counts(bigint) IS
 -- They run inside every write, so their statements use their cached generic plans
 -- (index probes whatever the arrays hold): with custom plans each call planned its
 -- statements again, which cost more than running them.
+--
+-- The functions of the dispatch path (claims, results, counts) also run with
+-- enable_seqscan off, and their lookups of a current transition are subqueries kept
+-- apart by OFFSET 0: they only probe by key, and a generic plan made while a table
+-- was still nearly empty (a new database, statistics not yet updated) would otherwise
+-- scan or join that whole table on every call for as long as the connection lives.
 
 -- Sets the maintained state of the given steps from their history, locking them in id order.
 CREATE FUNCTION tasker_refresh_step_states(step_ids bigint[])
@@ -501,6 +507,7 @@ CREATE FUNCTION tasker_add_step_counts(
 RETURNS void
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     woken boolean;
@@ -604,6 +611,7 @@ RETURNS void
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 SET tasker.writer_maintains = 'on'
+SET enable_seqscan = off
 AS $$
 DECLARE
     done CONSTANT tasker_step_state[] := '{complete,resolved_manually}';
@@ -982,6 +990,7 @@ RETURNS tasker_workflow_step_transitions
 LANGUAGE plpgsql
 -- The state this function writes is complete: the maintenance triggers skip its writes.
 SET tasker.writer_maintains = 'on'
+SET enable_seqscan = off
 AS $$
 DECLARE
     step_id CONSTANT bigint := transition_workflow_step.workflow_step_id;
@@ -1092,6 +1101,7 @@ LANGUAGE plpgsql
 -- claim took 2.5 ms at 100K steps, with the cached generic plans under 1 ms.
 SET plan_cache_mode = force_generic_plan
 SET tasker.writer_maintains = 'on'
+SET enable_seqscan = off
 AS $$
 DECLARE
     stamp timestamp;
@@ -1185,6 +1195,8 @@ BEGIN
             LEFT JOIN LATERAL (
                 SELECT t.id, t.to_state FROM tasker_task_transitions AS t
                 WHERE t.task_id = task.task_id AND t.most_recent
+                -- OFFSET 0: probed per row, never joined as a whole (see above).
+                OFFSET 0
             ) AS latest ON true
             CROSS JOIN LATERAL (
                 SELECT max(t.sort_key) AS sort_key FROM tasker_task_transitions AS t
@@ -1194,7 +1206,7 @@ BEGIN
               AND coalesce(latest.to_state, 'pending') = 'pending'
         ), cleared AS (
             UPDATE tasker_task_transitions AS t SET most_recent = false
-            FROM pending AS p WHERE t.id = p.latest_id
+            WHERE t.id = ANY (ARRAY(SELECT p.latest_id FROM pending AS p))
             RETURNING t.id
         )
         INSERT INTO tasker_task_transitions
@@ -1223,6 +1235,8 @@ BEGIN
         LEFT JOIN LATERAL (
             SELECT t.id, t.to_state FROM tasker_workflow_step_transitions AS t
             WHERE t.workflow_step_id = step.workflow_step_id AND t.most_recent
+            -- OFFSET 0: probed per row, never joined as a whole (see above).
+            OFFSET 0
         ) AS latest ON true
         CROSS JOIN LATERAL (
             SELECT max(t.sort_key) AS sort_key FROM tasker_workflow_step_transitions AS t
@@ -1236,7 +1250,7 @@ BEGIN
                        'pending') = 'in_progress'
     ), cleared AS (
         UPDATE tasker_workflow_step_transitions AS t SET most_recent = false
-        FROM ready AS r WHERE t.id = r.latest_id
+        WHERE t.id = ANY (ARRAY(SELECT r.latest_id FROM ready AS r))
         RETURNING t.id
     ), via_pending AS (
         INSERT INTO tasker_workflow_step_transitions
@@ -1309,6 +1323,7 @@ CREATE FUNCTION tasker_listen_for_work()
 RETURNS double precision
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
 AS $$
 DECLARE
     next_gate timestamp;
@@ -1357,6 +1372,7 @@ RETURNS SETOF tasker_step_report_row
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 SET tasker.writer_maintains = 'on'
+SET enable_seqscan = off
 AS $$
 DECLARE
     stamp timestamp;
@@ -1421,6 +1437,8 @@ BEGIN
         LEFT JOIN LATERAL (
             SELECT t.id, t.to_state FROM tasker_workflow_step_transitions AS t
             WHERE t.workflow_step_id = i.workflow_step_id AND t.most_recent
+            -- OFFSET 0: probed per row, never joined as a whole (see above).
+            OFFSET 0
         ) AS latest ON true
         LEFT JOIN LATERAL (
             SELECT max(t.sort_key) AS sort_key FROM tasker_workflow_step_transitions AS t
@@ -1430,7 +1448,7 @@ BEGIN
         SELECT * FROM checked AS c WHERE c.refusal IS NULL
     ), cleared AS (
         UPDATE tasker_workflow_step_transitions AS t SET most_recent = false
-        FROM held AS h WHERE t.id = h.latest_id
+        WHERE t.id = ANY (ARRAY(SELECT h.latest_id FROM held AS h))
         RETURNING t.id
     ), written AS (
         INSERT INTO tasker_workflow_step_transitions
@@ -1508,12 +1526,16 @@ CREATE OR REPLACE FUNCTION complete_step(
     metadata jsonb DEFAULT '{}'
 )
 RETURNS tasker_workflow_step_transitions
-LANGUAGE sql
+-- PL/pgSQL, whose plans are kept: a SQL function that is not inlined plans its
+-- statement on every call.
+LANGUAGE plpgsql
 AS $$
-    SELECT tasker_reported_transition(r)
-    FROM report_steps(ARRAY[complete_step.workflow_step_id], ARRAY[complete_step.claim_id],
-                      '{complete}', ARRAY[complete_step.results], NULL,
-                      complete_step.metadata) AS r
+BEGIN
+    RETURN (SELECT tasker_reported_transition(r)
+            FROM report_steps(ARRAY[complete_step.workflow_step_id],
+                              ARRAY[complete_step.claim_id], '{complete}',
+                              ARRAY[complete_step.results], NULL, complete_step.metadata) AS r);
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION fail_step(
@@ -1523,11 +1545,14 @@ CREATE OR REPLACE FUNCTION fail_step(
     retry_after_seconds integer DEFAULT NULL
 )
 RETURNS tasker_workflow_step_transitions
-LANGUAGE sql
+LANGUAGE plpgsql
 AS $$
-    SELECT tasker_reported_transition(r)
-    FROM report_steps(ARRAY[fail_step.workflow_step_id], ARRAY[fail_step.claim_id], '{error}',
-                      ARRAY[fail_step.error_info], ARRAY[fail_step.retry_after_seconds]) AS r
+BEGIN
+    RETURN (SELECT tasker_reported_transition(r)
+            FROM report_steps(ARRAY[fail_step.workflow_step_id], ARRAY[fail_step.claim_id],
+                              '{error}', ARRAY[fail_step.error_info],
+                              ARRAY[fail_step.retry_after_seconds]) AS r);
+END;
 $$;
 
 CREATE FUNCTION report_and_claim(

@@ -1,7 +1,9 @@
 //! A pool of worker threads runs a batch of workflows to completion through
-//! the write path: each worker claims ready steps of any task, "executes"
-//! them, reports each result under its claim and finalizes the tasks whose
-//! execution context says nothing is left to run.
+//! the write path: each worker "executes" the steps it holds, then reports
+//! their results and claims the next ready steps of any task in one round
+//! trip (`report_and_claim`), sleeps on the wake-up (`wait_for_claimable_work`)
+//! while nothing is claimable, and finalizes the tasks whose execution
+//! context says nothing is left to run.
 //!
 //! ```sh
 //! cargo run --release --example worker_pool                  # a throwaway PostgreSQL cluster
@@ -35,8 +37,9 @@ use serde_json::json;
 use tasker_diesel::pool::pool_builder;
 use tasker_diesel::testing::LocalCluster;
 use tasker_diesel::workflow::{
-    claim_ready_steps, complete_step, create_task, fail_step, finalize_task,
-    release_expired_claims, ClaimRequest, ClaimedStep, StepTemplate, TaskRequest, TaskTemplate,
+    create_tasks as create_task_batch, finalize_task, release_expired_claims, report_and_claim,
+    wait_for_claimable_work, ClaimRequest, ClaimedStep, StepReport, StepTemplate, TaskRequest,
+    TaskTemplate,
 };
 use tasker_diesel::{
     establish_connection, run_pending_migrations, Error, ExecutionStatus, PgPool,
@@ -49,11 +52,12 @@ const SHAPES: u64 = 16;
 /// Most steps in a task.
 const MAX_STEPS: u64 = 20;
 /// Steps a worker claims at a time.
-const CLAIM_BATCH: u32 = 4;
+const CLAIM_BATCH: u32 = 10;
 /// How long a claim holds; a step takes microseconds here.
 const LEASE: Duration = Duration::from_secs(30);
-/// How long a worker sleeps when nothing is claimable.
-const IDLE: Duration = Duration::from_millis(10);
+/// The longest a worker sleeps on the wake-up before it looks again (a
+/// notification it missed costs no more).
+const IDLE: Duration = Duration::from_millis(500);
 /// How often expired claims are released.
 const RELEASE_EVERY: Duration = Duration::from_secs(5);
 /// Longer than any backoff here without a step run or a task finalized: a bug.
@@ -132,48 +136,70 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// One worker: claim, execute, report, finalize, until the run stops.
+/// One worker: execute what it holds, report it and claim more in one call,
+/// finalize, until the run stops. It keeps its connection, which listens for
+/// the wake-up.
 fn work(pool: &PgPool, run: &Run, options: &Options) -> tasker_diesel::Result<()> {
+    let mut conn = pool.get()?;
     let request = ClaimRequest::any_task(CLAIM_BATCH, LEASE);
     let failure = json!({ "message": "simulated failure" });
+    let mut held: Vec<ClaimedStep> = Vec::new();
     let mut touched = Vec::new();
-    while !run.stop.load(Relaxed) {
-        let mut conn = pool.get()?;
-        let claimed = claim_ready_steps(&mut conn, &request)?;
-        if claimed.is_empty() {
-            drop(conn);
-            thread::sleep(IDLE);
-            continue;
-        }
+    loop {
+        let stopping = run.stop.load(Relaxed);
+        let results: Vec<_> = held
+            .iter()
+            .map(|step| {
+                thread::sleep(options.work);
+                json!({ "attempt": step.attempt })
+            })
+            .collect();
+        let reports: Vec<StepReport<'_>> = held
+            .iter()
+            .zip(&results)
+            .map(|(step, results)| {
+                let tally = &run.tally;
+                tally.executed.fetch_add(1, Relaxed);
+                if step.attempt > 1 {
+                    tally.retried.fetch_add(1, Relaxed);
+                }
+                if fails(step, options.fail_rate) {
+                    tally.failed.fetch_add(1, Relaxed);
+                    // Retry under the failure backoff alone.
+                    StepReport::fail(step.claim(), &failure, Some(Duration::ZERO))
+                } else {
+                    StepReport::complete(step.claim(), results)
+                }
+            })
+            .collect();
+        // Once stopping, report what is held and claim nothing more.
+        let request = ClaimRequest {
+            max_steps: if stopping { 0 } else { CLAIM_BATCH },
+            ..request
+        };
+        let (reported, claimed) = report_and_claim(&mut conn, &reports, &request)?;
         touched.clear();
-        for step in &claimed {
-            thread::sleep(options.work);
-            let tally = &run.tally;
-            tally.executed.fetch_add(1, Relaxed);
-            if step.attempt > 1 {
-                tally.retried.fetch_add(1, Relaxed);
-            }
-            let reported = if fails(step, options.fail_rate) {
-                tally.failed.fetch_add(1, Relaxed);
-                // Retry under the failure backoff alone.
-                fail_step(&mut conn, step.claim(), &failure, Some(Duration::ZERO))
-            } else {
-                complete_step(&mut conn, step.claim(), &json!({ "attempt": step.attempt }))
-            };
-            match reported {
+        for (step, outcome) in held.iter().zip(&reported) {
+            match &outcome.result {
                 Ok(_) => {}
                 // The lease ran out and the step was released: its result is dropped
                 // and the step runs again.
-                Err(Error::Refused(Refusal::ClaimLost { .. } | Refusal::ClaimExpired { .. })) => {}
-                Err(error) => return Err(error),
+                Err(Refusal::ClaimLost { .. } | Refusal::ClaimExpired { .. }) => {}
+                Err(refusal) => return Err(Error::Refused(refusal.clone())),
             }
             if !touched.contains(&step.task_id) {
                 touched.push(step.task_id);
             }
         }
         finalize_finished(&mut conn, run, &touched)?;
+        held = claimed;
+        if stopping {
+            return Ok(());
+        }
+        if held.is_empty() {
+            wait_for_claimable_work(&mut conn, IDLE)?;
+        }
     }
-    Ok(())
 }
 
 /// Finalizes those of `task_ids` whose execution context says nothing is
@@ -274,19 +300,28 @@ impl Run {
     }
 }
 
-/// Creates `count` tasks spread over the templates; returns their ids and
-/// how many steps they have. A run id in each task's context makes the
-/// identity hashes new on every run.
+/// Creates `count` tasks spread over the templates, 500 per call; returns
+/// their ids and how many steps they have. A run id in each task's context
+/// makes the identity hashes new on every run.
 fn create_tasks(conn: &mut PgConnection, count: usize) -> tasker_diesel::Result<(Vec<i64>, usize)> {
     let templates: Vec<TaskTemplate> = (0..SHAPES).map(shape).collect();
     let run_id = Utc::now().timestamp_micros();
+    let requests: Vec<TaskRequest<'_>> = templates
+        .iter()
+        .cycle()
+        .take(count)
+        .enumerate()
+        .map(|(index, template)| {
+            TaskRequest::new(template).context(json!({ "run": run_id, "task": index }))
+        })
+        .collect();
     let mut task_ids = Vec::with_capacity(count);
     let mut steps = 0;
-    for (index, template) in templates.iter().cycle().take(count).enumerate() {
-        let context = json!({ "run": run_id, "task": index });
-        let created = create_task(conn, &TaskRequest::new(template).context(context))?;
-        task_ids.push(created.task.task_id);
-        steps += created.steps.len();
+    for batch in requests.chunks(500) {
+        for created in create_task_batch(conn, batch)? {
+            task_ids.push(created.task.task_id);
+            steps += created.steps.len();
+        }
     }
     Ok((task_ids, steps))
 }

@@ -17,8 +17,10 @@
 mod creation;
 mod dataset;
 mod dispatch;
+mod dispatch_report;
 mod legacy;
 mod machine;
+mod peers;
 mod report;
 mod stats;
 mod workloads;
@@ -36,7 +38,8 @@ type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 const USAGE: &str = "\
 usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls N]
-                                    [--budget SECONDS] [--reuse] [--out DIR]
+                                    [--budget SECONDS] [--reuse] [--peers] [--out DIR]
+       cargo bench --bench sweep -- dispatch [W7j,W7b,...] [--peers] [--out DIR]
        cargo bench --bench sweep -- generate --steps SIZE [--reuse]
        cargo bench --bench sweep -- render [--out DIR]
 
@@ -47,9 +50,12 @@ usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls
                   the report says how many calls it made
   --reuse         keep a complete dataset of the same size instead of regenerating
                   it (W6 and W7 will have moved some of its steps on)
+  --peers         also run graphile-worker and pg-boss (npm ci in benches/peers; skipped
+                  with a message without Node.js) beside the dispatch workloads
   --out DIR       report directory (default target/bench-report)
 
-generate only generates a dataset; render writes report.md and the plot of
+dispatch runs only the dispatch workloads (all, or those listed) and writes
+their report; generate only generates a dataset; render writes report.md and the plot of
 DIR/report.json again (after a change to how they are drawn).";
 
 /// The size C5 loads: the largest of the sweep up to this.
@@ -64,6 +70,7 @@ enum Command {
         mode: &'static str,
         settings: Settings,
         reuse: bool,
+        peers: bool,
         out: PathBuf,
     },
     Generate {
@@ -75,6 +82,8 @@ enum Command {
     },
     Dispatch {
         only: Vec<String>,
+        peers: bool,
+        out: PathBuf,
     },
 }
 
@@ -107,6 +116,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut out = PathBuf::from("target/bench-report");
     let mut generate = false;
     let mut render = false;
+    let mut dispatch = false;
+    let mut peers = false;
+    let mut only = Vec::new();
     let mut steps = None;
     let mut budget = None;
     let mut args = args.iter();
@@ -114,11 +126,10 @@ fn parse(args: &[String]) -> Result<Command, String> {
         let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
         match arg.as_str() {
             "generate" => generate = true,
-            "dispatch" => {
-                let only = args.next().map_or_else(Vec::new, |list| {
-                    list.split(',').map(str::to_owned).collect()
-                });
-                return Ok(Command::Dispatch { only });
+            "dispatch" => dispatch = true,
+            "--peers" => peers = true,
+            list if dispatch && only.is_empty() && list.starts_with('W') => {
+                only = list.split(',').map(str::to_owned).collect();
             }
             "render" => render = true,
             "--quick" => {
@@ -161,6 +172,9 @@ fn parse(args: &[String]) -> Result<Command, String> {
     if render {
         return Ok(Command::Render { out });
     }
+    if dispatch {
+        return Ok(Command::Dispatch { only, peers, out });
+    }
     if generate {
         let steps = steps.ok_or("generate needs --steps SIZE")?;
         return Ok(Command::Generate { steps, reuse });
@@ -174,6 +188,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         mode,
         settings,
         reuse,
+        peers,
         out,
     })
 }
@@ -185,9 +200,14 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
             println!("report rendered again in {}", out.display());
             Ok(())
         }
-        Command::Dispatch { only } => {
-            let results = dispatch::run(server_url(), &only)?;
-            println!("{}", serde_json::to_string_pretty(&results)?);
+        Command::Dispatch { only, peers, out } => {
+            let mut report = new_report(args, "dispatch");
+            report.dispatch = dispatch::run(server_url(), &only)?;
+            if peers {
+                report.peers = peers::run(server_url())?.unwrap_or_default();
+            }
+            report::write_report(&out, &report)?;
+            println!("report written to {}", out.display());
             Ok(())
         }
         Command::Generate { steps, reuse } => {
@@ -200,23 +220,10 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
             mode,
             settings,
             reuse,
+            peers,
             out,
         } => {
-            let mut report = Report {
-                generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                command: match args {
-                    [] => "cargo bench --bench sweep".to_owned(),
-                    args => format!("cargo bench --bench sweep -- {}", args.join(" ")),
-                },
-                mode: mode.to_owned(),
-                machine: machine::describe(),
-                postgres_version: String::new(),
-                connection: String::new(),
-                sizes: Vec::new(),
-                notes: Vec::new(),
-                creation: Vec::new(),
-                load: None,
-            };
+            let mut report = new_report(args, mode);
             let server = server_url();
             let load_steps = sizes
                 .iter()
@@ -251,8 +258,34 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
             };
             report.load = Some(dataset::load_comparison(server, &generated, load_steps)?);
             report::write_report(&out, &report)?;
+            report.dispatch = dispatch::run(server, &[])?;
+            if peers {
+                report.peers = peers::run(server)?.unwrap_or_default();
+            }
+            report::write_report(&out, &report)?;
             println!("report written to {}", out.display());
             Ok(())
         }
+    }
+}
+
+/// A report with nothing measured yet.
+fn new_report(args: &[String], mode: &str) -> Report {
+    Report {
+        generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        command: match args {
+            [] => "cargo bench --bench sweep".to_owned(),
+            args => format!("cargo bench --bench sweep -- {}", args.join(" ")),
+        },
+        mode: mode.to_owned(),
+        machine: machine::describe(),
+        postgres_version: String::new(),
+        connection: String::new(),
+        sizes: Vec::new(),
+        notes: Vec::new(),
+        creation: Vec::new(),
+        load: None,
+        dispatch: Vec::new(),
+        peers: Vec::new(),
     }
 }

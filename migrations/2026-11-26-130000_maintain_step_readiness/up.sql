@@ -12,13 +12,16 @@
 --     and the steps trigger (a parent's completion adds or takes one from each child)
 --   tasker_workflow_steps.retry_eligible, next_retry_at, runnable <- generated columns
 --     (rules 3, 4, 6 and the time-free part of 7), recomputed on every write of the row
---   tasker_task_step_counts                                 <- steps triggers (deltas)
+--   tasker_task_step_counts (+ tasker_task_step_count_stripes) <- steps triggers (deltas)
+-- The crate's own write functions (claims, results, transitions) write all of it in the
+-- statements that change the history and skip the triggers that would derive it again
+-- (see tasker_apply_step_changes and the triggers at the end).
 --
--- Locks. Children are locked in step id order before they are updated, and a task's
--- counts row only after its steps, so writers of one task queue in one order. Every
--- state change of a task's steps updates that task's counts row, so they take turns on
--- it until each commits; so do concurrent completions of parents of one child (fan-in)
--- on the child's row.
+-- Locks. Children are locked in step id order before they are updated, so writers of
+-- one step's children queue in one order; concurrent completions of parents of one
+-- child (fan-in) take turns on the child's row until each commits. A task's counts
+-- never make writers wait: one that finds the task's row locked adds its change to a
+-- stripe of its own (tasker_add_step_counts).
 --
 -- The recompute-from-history readiness stays as tasker_step_readiness_from_history:
 -- the oracle of the tests, and what explains a step. tasker_readiness_drift checks the

@@ -76,8 +76,14 @@ impl<'a> NewTask<'a> {
     }
 }
 
-/// A task's steps counted by state, kept by the schema's triggers (never
-/// written by this crate). The execution context reads it.
+/// A task's row of step counts by state, kept by the schema's triggers and
+/// write functions (never written by this crate's Rust code).
+///
+/// It is not always the whole count: a writer that finds the row locked by
+/// another adds its change to a row of `tasker_task_step_count_stripes`
+/// instead, so that concurrent writers of one task never wait for each other.
+/// The task's counts are this row plus its stripes, as the execution context
+/// (`tasker_task_step_counts_of`) reads them.
 #[derive(
     Debug,
     Clone,

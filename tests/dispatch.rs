@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer};
+use proptest::prelude::*;
 use serde_json::json;
 use tasker_diesel::schema::tasker_workflow_steps::dsl as steps;
 use tasker_diesel::testing::TestDatabase;
@@ -596,4 +597,141 @@ fn waiting_inside_a_transaction_is_refused() {
         ),
         "{refused:?}"
     );
+}
+
+/// One round of a batched worker: which held claims it reports (and how),
+/// which already-reported claims it reports again, and how many it claims.
+#[derive(Debug, Clone)]
+struct Round {
+    /// Per held claim, by position modulo the held count: report it
+    /// (`Some(true)` complete, `Some(false)` fail) or keep holding it.
+    reports: Vec<Option<bool>>,
+    /// Positions (modulo) of claims reported before, reported again.
+    stale: Vec<usize>,
+    claim: u32,
+}
+
+fn round() -> impl Strategy<Value = Round> {
+    (
+        proptest::collection::vec(proptest::option::of(any::<bool>()), 0..6),
+        proptest::collection::vec(0usize..50, 0..3),
+        0u32..5,
+    )
+        .prop_map(|(reports, stale, claim)| Round {
+            reports,
+            stale,
+            claim,
+        })
+}
+
+/// A DAG of `steps` steps (edges from lower to higher positions) and rounds.
+fn batched_case() -> impl Strategy<Value = (usize, Vec<(usize, usize)>, Vec<Round>)> {
+    (2usize..9).prop_flat_map(|steps| {
+        (
+            Just(steps),
+            proptest::collection::vec((0..steps, 0..steps), 0..12),
+            proptest::collection::vec(round(), 1..12),
+        )
+    })
+}
+
+/// Over random DAGs and rounds of `report_and_claim`: a result under a held
+/// claim is written, one under a claim already reported is refused as lost
+/// (or expired), refused ones write nothing, and after every round the
+/// maintained readiness equals its recomputation from the history.
+#[test]
+fn batched_reports_and_claims_keep_every_rule_over_random_dags() {
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    let db = TestDatabase::new();
+    // The runner takes a `Fn`: the connection lives in a RefCell.
+    let conn = std::cell::RefCell::new(db.connection());
+    let mut runner = TestRunner::new(Config {
+        cases: 64,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&batched_case(), |(steps, edges, rounds)| {
+            let conn = &mut *conn.borrow_mut();
+            let fixture = task_with_steps(conn, steps);
+            let ids = fixture.step_ids();
+            for (from, to) in edges {
+                if from < to {
+                    let _ = add_edge(conn, ids[from], ids[to]);
+                }
+            }
+            let task_ids = [fixture.task.task_id];
+            let results = json!({"ok": true});
+            let error = json!({"message": "failed"});
+            let mut held: Vec<Claim> = Vec::new();
+            let mut reported_before: Vec<Claim> = Vec::new();
+            for (number, round) in rounds.iter().enumerate() {
+                let mut reports = Vec::new();
+                let mut expected_ok = Vec::new();
+                let mut kept = Vec::new();
+                for (position, claim) in held.iter().enumerate() {
+                    match round.reports.get(position).copied().flatten() {
+                        Some(true) => {
+                            reports.push(StepReport::complete(*claim, &results));
+                            expected_ok.push(true);
+                        }
+                        Some(false) => {
+                            reports.push(StepReport::fail(*claim, &error, None));
+                            expected_ok.push(true);
+                        }
+                        None => kept.push(*claim),
+                    }
+                }
+                let reporting: Vec<Claim> = reports.iter().map(|r| r.claim).collect();
+                for &position in &round.stale {
+                    if let Some(&stale) =
+                        reported_before.get(position % reported_before.len().max(1))
+                    {
+                        // A step at most once per call, and not one held now.
+                        let step = stale.workflow_step_id;
+                        if !reports.iter().any(|r| r.claim.workflow_step_id == step)
+                            && !kept.iter().any(|c| c.workflow_step_id == step)
+                        {
+                            reports.push(StepReport::complete(stale, &results));
+                            expected_ok.push(false);
+                        }
+                    }
+                }
+                let request = ClaimRequest::for_tasks(&task_ids, round.claim, LEASE);
+                let (outcomes, claimed) = report_and_claim(conn, &reports, &request)
+                    .map_err(|e| TestCaseError::fail(format!("round {number}: {e}")))?;
+                prop_assert_eq!(outcomes.len(), reports.len());
+                for ((outcome, report), ok) in outcomes.iter().zip(&reports).zip(&expected_ok) {
+                    prop_assert_eq!(outcome.claim, report.claim);
+                    if *ok {
+                        prop_assert!(outcome.result.is_ok(), "round {}: {:?}", number, outcome);
+                    } else {
+                        prop_assert!(
+                            matches!(outcome.result, Err(Refusal::ClaimLost { .. })),
+                            "round {}: a claim reported before must be lost: {:?}",
+                            number,
+                            outcome
+                        );
+                    }
+                }
+                reported_before.extend(reporting);
+                prop_assert!(claimed.len() <= round.claim as usize);
+                prop_assert!(claimed.iter().all(|s| s.task_id == fixture.task.task_id));
+                held = kept;
+                for step in &claimed {
+                    prop_assert!(
+                        !held
+                            .iter()
+                            .any(|c| c.workflow_step_id == step.workflow_step_id),
+                        "round {}: a held step claimed again",
+                        number
+                    );
+                    held.push(step.claim());
+                }
+                support::check_maintained_readiness(conn, Some(&task_ids))
+                    .map_err(|message| TestCaseError::fail(format!("round {number}: {message}")))?;
+            }
+            Ok(())
+        })
+        .unwrap();
 }

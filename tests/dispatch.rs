@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer};
+use diesel::QueryResult;
 use proptest::prelude::*;
 use serde_json::json;
 use tasker_diesel::schema::tasker_workflow_steps::dsl as steps;
@@ -734,4 +735,170 @@ fn batched_reports_and_claims_keep_every_rule_over_random_dags() {
             Ok(())
         })
         .unwrap();
+}
+
+/// Blocks until backend `pid` waits for a lock.
+fn wait_until_blocked(conn: &mut PgConnection, pid: i32) {
+    let started = Instant::now();
+    let query = format!(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
+    );
+    while count(conn, &query) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "backend {pid} never waited"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[derive(QueryableByName)]
+struct Pid {
+    #[diesel(sql_type = Integer)]
+    pid: i32,
+}
+
+fn backend_pid(conn: &mut PgConnection) -> i32 {
+    diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<Pid>(conn)
+        .expect("pid")
+        .pid
+}
+
+/// Runs `sql` on a connection of its own in a thread; returns its pid and
+/// the thread.
+fn run_elsewhere(db: &TestDatabase, sql: String) -> (i32, thread::JoinHandle<QueryResult<usize>>) {
+    let url = db.url().to_owned();
+    let (sender, pid) = mpsc::channel();
+    let handle = thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).expect("connect");
+        sender.send(backend_pid(&mut conn)).expect("send pid");
+        diesel::sql_query(sql).execute(&mut conn)
+    });
+    (pid.recv().expect("pid"), handle)
+}
+
+/// Adds a step (of a new step template) to the task, as another writer would.
+fn insert_step_sql(task_id: i64, name: &str) -> String {
+    format!(
+        "WITH n AS (INSERT INTO tasker_named_steps (dependent_system_id, name)
+                    SELECT dependent_system_id, '{name}' FROM tasker_dependent_systems LIMIT 1
+                    RETURNING named_step_id)
+         INSERT INTO tasker_workflow_steps (task_id, named_step_id)
+         SELECT {task_id}, named_step_id FROM n"
+    )
+}
+
+#[test]
+fn deleting_a_task_while_a_writer_holds_its_step_and_another_its_counts_does_not_deadlock() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 2);
+    let task_id = fixture.task.task_id;
+    let claimed = claims(&claim_any(&mut conn, 1));
+
+    // Another transaction holds the counts row, so the writer below goes to its stripe.
+    let mut holder = db.connection();
+    holder.begin_test_transaction().expect("begin");
+    diesel::sql_query("SELECT 1 FROM tasker_task_step_counts WHERE task_id = $1 FOR UPDATE")
+        .bind::<BigInt, _>(task_id)
+        .execute(&mut holder)
+        .expect("hold the counts row");
+    // The writer holds the step before the delete starts...
+    let mut writer = db.connection();
+    diesel::sql_query("SET statement_timeout = '5s'")
+        .execute(&mut writer)
+        .expect("timeout");
+    writer
+        .transaction(|writer| {
+            diesel::sql_query(
+                "SELECT 1 FROM tasker_workflow_steps WHERE workflow_step_id = $1 FOR NO KEY UPDATE",
+            )
+            .bind::<BigInt, _>(claimed[0].workflow_step_id)
+            .execute(writer)?;
+            // ...which locks the task row and waits for the step.
+            let (deleter, deleting) = run_elsewhere(
+                &db,
+                format!("DELETE FROM tasker_tasks WHERE task_id = {task_id}"),
+            );
+            wait_until_blocked(&mut conn, deleter);
+            // Reporting now writes a stripe without waiting for the deleter.
+            let results = json!({});
+            let reported = complete_steps(writer, &[(claimed[0], &results)])
+                .expect("the writer never waits for the deleter");
+            assert!(reported[0].result.is_ok(), "{reported:?}");
+            Ok::<_, Error>(deleting)
+        })
+        .map(|deleting| {
+            // The delete also takes the counts row, once its holder is done.
+            drop(holder);
+            assert_eq!(
+                deleting
+                    .join()
+                    .expect("deleter")
+                    .expect("the delete succeeds"),
+                1
+            );
+        })
+        .expect("writer");
+    let stripes = format!(
+        "SELECT count(*) AS n FROM tasker_task_step_count_stripes WHERE task_id = {task_id}"
+    );
+    assert_eq!(
+        count(&mut conn, &stripes),
+        0,
+        "the stripes went with the task"
+    );
+}
+
+#[test]
+fn a_rebuild_racing_with_steps_added_by_other_writers_counts_each_once() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 2);
+    let task_id = fixture.task.task_id;
+
+    // Y adds steps while the counts row is held, so its changes go to its
+    // stripe: one committed, then one in a transaction it keeps open (which
+    // holds the stripe row).
+    let mut holder = db.connection();
+    holder.begin_test_transaction().expect("begin");
+    diesel::sql_query("SELECT 1 FROM tasker_task_step_counts WHERE task_id = $1 FOR UPDATE")
+        .bind::<BigInt, _>(task_id)
+        .execute(&mut holder)
+        .expect("hold the counts row");
+    let mut adder = db.connection();
+    diesel::sql_query(insert_step_sql(task_id, "added_zero"))
+        .execute(&mut adder)
+        .expect("add a step");
+    adder.begin_test_transaction().expect("begin");
+    diesel::sql_query(insert_step_sql(task_id, "added_first"))
+        .execute(&mut adder)
+        .expect("add a step");
+    let stripes = format!(
+        "SELECT count(*) AS n FROM tasker_task_step_count_stripes WHERE task_id = {task_id}"
+    );
+    assert_eq!(count(&mut conn, &stripes), 1, "Y's committed stripe");
+    drop(holder);
+
+    // A rebuild of the task, then another writer adding a step while the
+    // rebuild waits; then Y commits.
+    let (rebuilder, rebuilding) = run_elsewhere(
+        &db,
+        format!("SELECT tasker_rebuild_readiness(ARRAY[{task_id}::bigint])"),
+    );
+    wait_until_blocked(&mut conn, rebuilder);
+    let (_, adding) = run_elsewhere(&db, insert_step_sql(task_id, "added_second"));
+    // The second adder either waits for the rebuild or is done at once.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(300) && !adding.is_finished() {
+        thread::sleep(Duration::from_millis(5));
+    }
+    // Y commits (its transaction is the adder connection's; end it).
+    diesel::sql_query("COMMIT")
+        .execute(&mut adder)
+        .expect("commit");
+    rebuilding.join().expect("rebuild thread").expect("rebuild");
+    adding.join().expect("adder thread").expect("second step");
+    assert_maintained_readiness(&mut conn, Some(&[task_id]));
 }

@@ -492,6 +492,8 @@ DROP FUNCTION tasker_step_readiness_from_history(bigint[], bigint[]);
 COMMENT ON FUNCTION tasker_step_readiness(bigint[], bigint[]) IS
     'Readiness rows (one per step: state, parents done, retry eligibility, ready now) of the steps of task_ids and of the steps step_ids, unordered: the only definition of the readiness rules, which every readiness and context function calls. Index probes only: each step, its current transition, its edges to parents and their current transitions.';
 
+DROP TRIGGER tasker_tasks_count_delete ON tasker_tasks;
+DROP FUNCTION tasker_tasks_deleted();
 DROP TRIGGER tasker_tasks_count_insert ON tasker_tasks;
 DROP FUNCTION tasker_tasks_inserted();
 DROP TRIGGER tasker_workflow_steps_maintain_update ON tasker_workflow_steps;

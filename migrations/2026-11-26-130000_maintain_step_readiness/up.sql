@@ -138,11 +138,18 @@ COMMENT ON TABLE tasker_task_step_counts IS
 
 -- A task's counts row is written by every state change of its steps, so workers on
 -- one task would queue on it until each commits. A writer that finds the row locked
--- adds its change to a stripe of its own instead (tasker_add_step_counts); a task's
--- counts are its row plus its stripes, which stay empty while writers do not collide.
+-- adds its change to a stripe of its own instead (tasker_add_step_counts): the row of
+-- its backend (pg_backend_pid), which no other live backend writes. A task's counts
+-- are its row plus its stripes, which stay empty while writers do not collide.
+--
+-- No foreign key to the task: its check would take a share lock on the task row, and a
+-- writer holding a step of a task that is being deleted would then wait for the
+-- deleter, which waits for that step (a deadlock). The stripes of deleted tasks go with
+-- them (tasker_tasks_deleted); those of a task deleted while a writer added one are
+-- removed by tasker_rebuild_readiness.
 CREATE TABLE tasker_task_step_count_stripes (
-    task_id bigint NOT NULL REFERENCES tasker_tasks (task_id) ON DELETE CASCADE,
-    stripe smallint NOT NULL,
+    task_id bigint NOT NULL,
+    stripe integer NOT NULL,
     total_steps bigint NOT NULL DEFAULT 0,
     pending_steps bigint NOT NULL DEFAULT 0,
     in_progress_steps bigint NOT NULL DEFAULT 0,
@@ -155,7 +162,7 @@ CREATE TABLE tasker_task_step_count_stripes (
     PRIMARY KEY (task_id, stripe)
 );
 COMMENT ON TABLE tasker_task_step_count_stripes IS
-    'Maintained by triggers and the write path: changes to a task''s step counts made while its tasker_task_step_counts row was locked by another writer, one row per task and stripe (a writer''s backend picks its stripe). A task''s counts are its tasker_task_step_counts row plus the sum of its stripes.';
+    'Maintained by triggers and the write path: changes to a task''s step counts made while its tasker_task_step_counts row was locked by another writer, one row per task and writing backend (stripe = its pg_backend_pid). A task''s counts are its tasker_task_step_counts row plus the sum of its stripes.';
 
 CREATE FUNCTION tasker_step_buckets(
     current_state tasker_step_state,
@@ -525,7 +532,9 @@ BEGIN
                sum(step.sign * b.failed) AS failed,
                sum(step.sign * b.cancelled) AS cancelled,
                sum(step.sign * b.permanently_failed) AS permanently_failed,
-               sum(step.sign * b.runnable_count) AS runnable
+               sum(step.sign * b.runnable_count) AS runnable,
+               -- Whether a step became runnable, whatever others of the task did.
+               bool_or(step.sign > 0 AND step.runnable) AS gained
         FROM unnest(task_ids, signs, states, eligible, runnable)
                  AS step (task_id, sign, current_state, retry_eligible, runnable)
         CROSS JOIN LATERAL tasker_step_buckets(
@@ -552,18 +561,18 @@ BEGIN
         WHERE c.task_id = d.task_id AND c.task_id IN (SELECT f.task_id FROM free AS f)
         RETURNING c.task_id
     ), striped AS (
-        -- Stripes are written in task id order, so two writers that share a stripe
-        -- queue on it in one order.
+        -- This backend's stripe: no other live backend writes it, so this never
+        -- waits (but for a rebuild, which holds the task's steps first).
         INSERT INTO tasker_task_step_count_stripes AS s
             (task_id, stripe, total_steps, pending_steps, in_progress_steps, complete_steps,
              resolved_manually_steps, failed_steps, cancelled_steps, permanently_failed_steps,
              runnable_steps)
-        SELECT d.task_id, (1 + pg_backend_pid() % 16)::smallint, d.total, d.pending,
+        SELECT d.task_id, pg_backend_pid(), d.total, d.pending,
                d.in_progress, d.complete, d.resolved_manually, d.failed, d.cancelled,
                d.permanently_failed, d.runnable
         FROM delta AS d
         WHERE d.task_id NOT IN (SELECT k.task_id FROM kept AS k)
-          -- Not the steps of a task being deleted (its rows went first).
+          -- Not the steps of a task this transaction is deleting (its rows went first).
           AND EXISTS (SELECT FROM tasker_tasks AS t WHERE t.task_id = d.task_id)
         ORDER BY d.task_id
         ON CONFLICT (task_id, stripe) DO UPDATE SET
@@ -577,7 +586,7 @@ BEGIN
             permanently_failed_steps = s.permanently_failed_steps + excluded.permanently_failed_steps,
             runnable_steps = s.runnable_steps + excluded.runnable_steps
     )
-    SELECT bool_or(d.runnable > 0) INTO woken FROM delta AS d;
+    SELECT bool_or(d.gained) INTO woken FROM delta AS d;
     IF woken THEN
         -- One per statement whatever it changed, delivered at commit (PostgreSQL folds
         -- equal notifications of one transaction into one).
@@ -586,7 +595,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION tasker_add_step_counts(bigint[], integer[], tasker_step_state[], boolean[], boolean[]) IS
-    'Adds (sign +1) or takes away (-1) steps, given as parallel arrays, from their tasks'' counts: a task''s tasker_task_step_counts row when no other transaction holds it, else this backend''s row of tasker_task_step_count_stripes. Never waits for another writer of the counts. Sends NOTIFY tasker_runnable_steps when a task gained runnable steps.';
+    'Adds (sign +1) or takes away (-1) steps, given as parallel arrays, from their tasks'' counts: a task''s tasker_task_step_counts row when no other transaction holds it, else this backend''s row of tasker_task_step_count_stripes. Never waits for another writer of the counts. Sends NOTIFY tasker_runnable_steps when a step became runnable.';
 
 -- What changed on a step in one write: its task and, before and after, the columns the
 -- counts and its children follow.
@@ -738,6 +747,21 @@ END;
 $$;
 COMMENT ON FUNCTION tasker_tasks_inserted() IS
     'Trigger: gives each new task its (empty) tasker_task_step_counts row.';
+
+
+CREATE FUNCTION tasker_tasks_deleted()
+RETURNS trigger
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    DELETE FROM tasker_task_step_count_stripes AS s
+    WHERE s.task_id IN (SELECT o.task_id FROM old_rows AS o);
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION tasker_tasks_deleted() IS
+    'Trigger: removes the count stripes of deleted tasks (their counts rows go by foreign key).';
 
 
 -- Readiness and context read the maintained state --------------------------------------
@@ -1666,6 +1690,13 @@ BEGIN
     PERFORM tasker_refresh_step_states(step_ids);
     PERFORM tasker_refresh_parent_counts(step_ids);
 
+    -- The tasks themselves, after their steps (the lock order): no step can be added
+    -- to them until this commits (its foreign-key check waits), so the stripes deleted
+    -- and the recount below see the same steps.
+    PERFORM FROM tasker_tasks AS t
+    WHERE task_ids IS NULL OR t.task_id = ANY (task_ids)
+    ORDER BY t.task_id
+    FOR UPDATE;
     PERFORM FROM tasker_task_step_counts AS c
     WHERE task_ids IS NULL OR c.task_id = ANY (task_ids)
     ORDER BY c.task_id
@@ -1677,7 +1708,8 @@ BEGIN
     WHERE (task_ids IS NULL OR kept.task_id = ANY (task_ids))
       AND summed IS DISTINCT FROM counted;
     fixed := fixed + n;
-    -- The stripes fold into the rows, which take the recount.
+    -- The stripes fold into the rows, which take the recount; a full rebuild also
+    -- drops the stripes of tasks that no longer exist.
     DELETE FROM tasker_task_step_count_stripes AS s
     WHERE task_ids IS NULL OR s.task_id = ANY (task_ids);
     UPDATE tasker_task_step_counts AS c
@@ -1764,3 +1796,8 @@ CREATE TRIGGER tasker_tasks_count_insert
     AFTER INSERT ON tasker_tasks
     REFERENCING NEW TABLE AS changed_rows
     FOR EACH STATEMENT EXECUTE FUNCTION tasker_tasks_inserted();
+
+CREATE TRIGGER tasker_tasks_count_delete
+    AFTER DELETE ON tasker_tasks
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasker_tasks_deleted();

@@ -272,7 +272,7 @@ pub fn report_steps(
         ),
     )
     .load(conn)?;
-    rows.into_iter().map(ReportRow::into_reported).collect()
+    Ok(rows.into_iter().map(ReportRow::into_reported).collect())
 }
 
 /// Completes many claimed steps in one round trip: [`report_steps`] with
@@ -339,7 +339,7 @@ pub fn report_and_claim(
                     transition_id,
                     refusal,
                 }
-                .into_reported()?,
+                .into_reported(),
             );
         }
         if let Some((
@@ -494,29 +494,25 @@ struct ReportRow {
 }
 
 impl ReportRow {
-    fn into_reported(self) -> Result<ReportedStep> {
+    /// Never fails: the claims of a `report_and_claim` call have committed by the
+    /// time its rows are read, so no row may cost the caller them. A refusal
+    /// this crate does not know (a newer schema) is kept as its message.
+    fn into_reported(self) -> ReportedStep {
         let claim = Claim {
             workflow_step_id: self.workflow_step_id,
             claim_id: self.claim_id,
         };
         let result = match (self.transition_id, self.refusal) {
             (Some(transition_id), None) => Ok(transition_id),
-            (_, Some(refusal)) => {
-                Err(serde_json::from_value::<Refusal>(refusal).map_err(|error| {
-                    Error::Query(diesel::result::Error::DeserializationError(Box::new(error)))
-                })?)
-            }
-            (None, None) => {
-                return Err(Error::Query(diesel::result::Error::DeserializationError(
-                    format!(
-                        "report_steps gave neither a transition nor a refusal for step {}",
-                        claim.workflow_step_id
-                    )
-                    .into(),
-                )))
-            }
+            (_, Some(refusal)) => Err(serde_json::from_value::<Refusal>(refusal.clone())
+                .unwrap_or_else(|_| Refusal::InvalidArgument {
+                    message: format!("report_steps refused the result: {refusal}"),
+                })),
+            (None, None) => Err(Refusal::InvalidArgument {
+                message: "report_steps wrote no transition and gave no refusal".to_owned(),
+            }),
         };
-        Ok(ReportedStep { claim, result })
+        ReportedStep { claim, result }
     }
 }
 

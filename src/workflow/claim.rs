@@ -306,7 +306,8 @@ pub fn fail_steps(
 /// claims as [`claim_ready_steps`] does (children the reports made ready
 /// included). Returns the reports' outcomes, in order, and the claimed steps.
 /// Claims nothing when `request.max_steps` is 0, which makes it a batch of
-/// results alone.
+/// results alone. `request.metadata` goes into the transitions of the claims
+/// and of the completions (a failure's metadata is its error).
 pub fn report_and_claim(
     conn: &mut PgConnection,
     reports: &[StepReport<'_>],

@@ -552,7 +552,9 @@ struct ReportOrClaimRow {
 /// Whole seconds, as the SQL functions take them, rounded up so that a lease
 /// or a requested delay is never shorter than asked.
 fn lease_seconds(duration: Duration) -> i32 {
-    let rounded_up = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
+    let rounded_up = duration
+        .as_secs()
+        .saturating_add(u64::from(duration.subsec_nanos() > 0));
     saturating_i32(rounded_up)
 }
 

@@ -48,13 +48,7 @@ pub fn run(server_url: &str, settings: &Settings) -> BoxResult<CreationRun> {
         results: Vec::new(),
         notes: Vec::new(),
     };
-    let mixed = [
-        chain("chain", 10),
-        diamond(),
-        layered("layered", 10, 10),
-        fan_out(50),
-        fan_in("fan_in", 50),
-    ];
+    let mixed = mixed_shapes();
     let mixed_batch: Vec<&TaskTemplate> = mixed.iter().cycle().take(BATCH_TASKS).collect();
     run.results.push(batches(
         &mut conn,
@@ -239,6 +233,17 @@ fn record(
 }
 
 /// `length` steps, each depending on the one before.
+/// The dataset's five shapes, one template each.
+pub(crate) fn mixed_shapes() -> [TaskTemplate; 5] {
+    [
+        chain("chain", 10),
+        diamond(),
+        layered("layered", 10, 10),
+        fan_out(50),
+        fan_in("fan_in", 50),
+    ]
+}
+
 pub(crate) fn chain(name: &str, length: usize) -> TaskTemplate {
     (0..length).fold(TaskTemplate::new("bench", name, "1"), |template, index| {
         let step = StepTemplate::new(format!("s{index}"));

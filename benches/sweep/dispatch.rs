@@ -35,7 +35,7 @@ use tasker_diesel::workflow::{
     Claim, ClaimRequest, StepReport, StepTemplate, TaskRequest, TaskTemplate,
 };
 
-use crate::creation::{analyze, chain, diamond, fan_in, fan_out, layered};
+use crate::creation::{analyze, chain, fan_in, mixed_shapes};
 use crate::stats::Latencies;
 use crate::BoxResult;
 
@@ -117,13 +117,7 @@ struct Workload<'a> {
 
 pub fn run(server_url: &str, only: &[String]) -> BoxResult<Vec<DispatchResult>> {
     let single = TaskTemplate::new("bench", "job", "1").step(StepTemplate::new("run"));
-    let mixed = [
-        chain("chain", 10),
-        diamond(),
-        layered("layered", 10, 10),
-        fan_out(50),
-        fan_in("fan_in", 50),
-    ];
+    let mixed = mixed_shapes();
     let wide = fan_in("wide_fan_in", 5_000);
     let flat = independent(10_000);
     let job_queue = |id, tasks, workers, calls| Workload {

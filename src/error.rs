@@ -122,6 +122,82 @@ pub enum Refusal {
     InvalidArgument { message: String },
 }
 
+/// What a caller should do about an [`Error`] ([`Error::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The connection was lost or could not be had, or PostgreSQL gave up on
+    /// the transaction to resolve a conflict (serialization failure, deadlock,
+    /// lock or statement timeout, the server shutting down). Nothing of the call
+    /// committed, or (a connection lost while the answer was on its way) all
+    /// of it did: the same call may be made again, on a new connection. A
+    /// result reported again under the same claim is taken as the first one.
+    Transient,
+    /// The write path or an integrity rule refused the change: asking again
+    /// gets the same answer until something else changes.
+    Refused,
+    /// Bad input or a bug: an invalid template or request, a failed
+    /// migration, a query that should not fail.
+    Fatal,
+}
+
+impl Error {
+    /// Whether the call may be made again as it is ([`ErrorKind::Transient`]),
+    /// must not be ([`ErrorKind::Refused`]), or points at a bug
+    /// ([`ErrorKind::Fatal`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Connection(_) | Error::Pool(_) => ErrorKind::Transient,
+            Error::Refused(_) | Error::Integrity { .. } => ErrorKind::Refused,
+            Error::Query(error) if is_transient(error) => ErrorKind::Transient,
+            Error::Migration(_)
+            | Error::InvalidTemplate(_)
+            | Error::InvalidRequest { .. }
+            | Error::Query(_) => ErrorKind::Fatal,
+        }
+    }
+
+    /// [`ErrorKind::Transient`]: safe to retry the same call.
+    pub fn is_transient(&self) -> bool {
+        self.kind() == ErrorKind::Transient
+    }
+
+    /// [`ErrorKind::Refused`]: do not retry.
+    pub fn is_refusal(&self) -> bool {
+        self.kind() == ErrorKind::Refused
+    }
+}
+
+/// Whether a failed query may succeed when made again. Diesel gives the
+/// SQLSTATE only for some classes (a lost connection, a serialization
+/// failure); for the others PostgreSQL's message is matched (as the server
+/// words it with `lc_messages` in English, its default).
+fn is_transient(error: &DieselError) -> bool {
+    /// Deadlock (40P01), statement and lock timeouts (57014, 55P03), the server
+    /// shutting down or starting (57P01, 57P03), too many connections (53300).
+    const TRANSIENT_MESSAGES: [&str; 9] = [
+        "deadlock detected",
+        "canceling statement due to statement timeout",
+        "canceling statement due to lock timeout",
+        "could not obtain lock",
+        "terminating connection",
+        "the database system is shutting down",
+        "the database system is starting up",
+        "sorry, too many clients already",
+        "server closed the connection",
+    ];
+    match error {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure,
+            _,
+        )
+        | DieselError::BrokenTransactionManager => true,
+        DieselError::DatabaseError(_, info) => TRANSIENT_MESSAGES
+            .iter()
+            .any(|text| info.message().contains(text)),
+        _ => false,
+    }
+}
+
 impl From<DieselError> for Error {
     /// Sorts database errors raised by one of the schema's integrity rules
     /// into [`Error::Integrity`] and the write path's refusals into

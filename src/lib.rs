@@ -13,11 +13,13 @@ pub mod replicas;
 pub mod schema;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "worker")]
+pub mod worker;
 pub mod workflow;
 
 pub use bigdecimal::BigDecimal;
 pub use enums::{ExecutionStatus, HealthStatus, RecommendedAction, StepState, TaskState};
-pub use error::{Error, IntegrityRule, Refusal, Result};
+pub use error::{Error, ErrorKind, IntegrityRule, Refusal, Result};
 pub use migrations::{run_pending_migrations, MIGRATIONS};
 pub use pool::{build_pool, establish_connection, PgPool, PooledPgConnection};
 pub use readiness::{

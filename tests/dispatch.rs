@@ -17,7 +17,8 @@ use tasker_diesel::schema::tasker_workflow_steps::dsl as steps;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
     claim_ready_steps, complete_steps, fail_steps, release_expired_claims, report_and_claim,
-    report_steps, wait_for_claimable_work, Claim, ClaimRequest, ClaimedStep, StepReport, Wakeup,
+    report_steps, wait_for_claimable_work, Claim, ClaimRequest, ClaimedStep, StepOutcome,
+    StepReport, Wakeup,
 };
 use tasker_diesel::{Error, Refusal, StepState, TaskExecutionContext};
 
@@ -236,10 +237,20 @@ fn report_and_claim_completes_a_parent_and_claims_its_child_in_one_call() {
     );
     assert_eq!(next[0].attempt, 1);
 
-    // A lost claim is refused while the claim goes on.
-    let (reported, next) = report_and_claim(
+    // The same result again is the first one; another is refused as lost,
+    // while the claim goes on.
+    let first_transition = reported[0].result.clone();
+    let (again, _) = report_and_claim(
         &mut conn,
         &[StepReport::complete(claimed[0].claim(), &results)],
+        &ClaimRequest::any_task(0, LEASE),
+    )
+    .expect("report_and_claim");
+    assert_eq!(again[0].result, first_transition);
+    let other = json!({"step": "another result"});
+    let (reported, next) = report_and_claim(
+        &mut conn,
+        &[StepReport::complete(claimed[0].claim(), &other)],
         &request,
     )
     .expect("report_and_claim");
@@ -611,9 +622,11 @@ fn batched_case() -> impl Strategy<Value = (usize, Vec<(usize, usize)>, Vec<Roun
 }
 
 /// Over random DAGs and rounds of `report_and_claim`: a result under a held
-/// claim is written, one under a claim already reported is refused as lost
-/// (or expired), refused ones write nothing, and after every round the
-/// maintained readiness equals its recomputation from the history.
+/// claim is written; one under a claim already reported is taken as the same
+/// result when it repeats it (the first report's transition, nothing
+/// written) and refused as lost when it differs; refused ones write nothing,
+/// and after every round the maintained readiness equals its recomputation
+/// from the history.
 #[test]
 fn batched_reports_and_claims_keep_every_rule_over_random_dags() {
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -639,27 +652,31 @@ fn batched_reports_and_claims_keep_every_rule_over_random_dags() {
             let results = json!({"ok": true});
             let error = json!({"message": "failed"});
             let mut held: Vec<Claim> = Vec::new();
-            let mut reported_before: Vec<Claim> = Vec::new();
+            let stale_results = json!({"ok": "another result"});
+            // Each claim reported, with what it reported and the transition written.
+            let mut reported_before: Vec<(Claim, bool, i64)> = Vec::new();
             for (number, round) in rounds.iter().enumerate() {
                 let mut reports = Vec::new();
-                let mut expected_ok = Vec::new();
+                // None: written now; Some(None): refused as lost; Some(Some(id)): a
+                // repeat, answered with transition id.
+                let mut expected: Vec<Option<Option<i64>>> = Vec::new();
                 let mut kept = Vec::new();
                 for (position, claim) in held.iter().enumerate() {
                     match round.reports.get(position).copied().flatten() {
                         Some(true) => {
                             reports.push(StepReport::complete(*claim, &results));
-                            expected_ok.push(true);
+                            expected.push(None);
                         }
                         Some(false) => {
                             reports.push(StepReport::fail(*claim, &error, None));
-                            expected_ok.push(true);
+                            expected.push(None);
                         }
                         None => kept.push(*claim),
                     }
                 }
-                let reporting: Vec<Claim> = reports.iter().map(|r| r.claim).collect();
+                let fresh = reports.len();
                 for &position in &round.stale {
-                    if let Some(&stale) =
+                    if let Some(&(stale, completed, transition_id)) =
                         reported_before.get(position % reported_before.len().max(1))
                     {
                         // A step at most once per call, and not one held now.
@@ -667,8 +684,18 @@ fn batched_reports_and_claims_keep_every_rule_over_random_dags() {
                         if !reports.iter().any(|r| r.claim.workflow_step_id == step)
                             && !kept.iter().any(|c| c.workflow_step_id == step)
                         {
-                            reports.push(StepReport::complete(stale, &results));
-                            expected_ok.push(false);
+                            if position % 2 == 0 {
+                                // The same result again (a retry after a lost answer).
+                                reports.push(if completed {
+                                    StepReport::complete(stale, &results)
+                                } else {
+                                    StepReport::fail(stale, &error, None)
+                                });
+                                expected.push(Some(Some(transition_id)));
+                            } else {
+                                reports.push(StepReport::complete(stale, &stale_results));
+                                expected.push(Some(None));
+                            }
                         }
                     }
                 }
@@ -676,20 +703,32 @@ fn batched_reports_and_claims_keep_every_rule_over_random_dags() {
                 let (outcomes, claimed) = report_and_claim(conn, &reports, &request)
                     .map_err(|e| TestCaseError::fail(format!("round {number}: {e}")))?;
                 prop_assert_eq!(outcomes.len(), reports.len());
-                for ((outcome, report), ok) in outcomes.iter().zip(&reports).zip(&expected_ok) {
+                for ((outcome, report), expected) in outcomes.iter().zip(&reports).zip(&expected) {
                     prop_assert_eq!(outcome.claim, report.claim);
-                    if *ok {
-                        prop_assert!(outcome.result.is_ok(), "round {}: {:?}", number, outcome);
-                    } else {
-                        prop_assert!(
+                    match expected {
+                        None => {
+                            prop_assert!(outcome.result.is_ok(), "round {}: {:?}", number, outcome)
+                        }
+                        Some(Some(transition_id)) => prop_assert_eq!(
+                            &outcome.result,
+                            &Ok(*transition_id),
+                            "round {}: a repeated result is the first one",
+                            number
+                        ),
+                        Some(None) => prop_assert!(
                             matches!(outcome.result, Err(Refusal::ClaimLost { .. })),
-                            "round {}: a claim reported before must be lost: {:?}",
+                            "round {}: another result under a claim reported before must be lost: {:?}",
                             number,
                             outcome
-                        );
+                        ),
                     }
                 }
-                reported_before.extend(reporting);
+                for (report, outcome) in reports.iter().zip(&outcomes).take(fresh) {
+                    let completed = matches!(report.outcome, StepOutcome::Complete { .. });
+                    if let Ok(transition_id) = outcome.result {
+                        reported_before.push((report.claim, completed, transition_id));
+                    }
+                }
                 prop_assert!(claimed.len() <= round.claim as usize);
                 prop_assert!(claimed.iter().all(|s| s.task_id == fixture.task.task_id));
                 held = kept;

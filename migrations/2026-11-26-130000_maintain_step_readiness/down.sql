@@ -4,7 +4,11 @@
 DROP FUNCTION tasker_rebuild_readiness(bigint[]);
 DROP FUNCTION tasker_readiness_drift(bigint[]);
 
-DROP FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb);
+DROP FUNCTION tasker_finalize_settled_tasks(integer, jsonb);
+DROP FUNCTION tasker_step_work_inputs(bigint[]);
+DROP FUNCTION tasker_settled_tasks(bigint, integer);
+DROP INDEX tasker_task_transitions_in_progress_idx;
+DROP FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb, boolean[], jsonb);
 CREATE OR REPLACE FUNCTION fail_step(
     workflow_step_id bigint,
     claim_id bigint,
@@ -52,7 +56,7 @@ COMMENT ON FUNCTION complete_step(bigint, bigint, jsonb, jsonb) IS
     'Records the results of a claimed step and moves it to complete (processed). Refused with claim_lost or claim_expired when the claim no longer holds; then nothing is written.';
 
 DROP FUNCTION tasker_reported_transition(tasker_step_report_row);
-DROP FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb);
+DROP FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb, boolean[]);
 DROP TYPE tasker_step_report_row;
 DROP FUNCTION tasker_listen_for_work();
 DROP INDEX tasker_workflow_steps_backoff_idx;
@@ -138,7 +142,10 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION claim_ready_steps(
+DROP FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb, jsonb);
+DROP FUNCTION tasker_step_wanted(integer, bigint, integer[], bigint[]);
+DROP FUNCTION tasker_step_filter_keys(jsonb);
+CREATE FUNCTION claim_ready_steps(
     task_ids bigint[],
     max_steps integer,
     lease_seconds integer,

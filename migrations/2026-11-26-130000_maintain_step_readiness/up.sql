@@ -1115,11 +1115,77 @@ $$;
 
 -- Claims walk the active set ----------------------------------------------------------
 
-CREATE OR REPLACE FUNCTION claim_ready_steps(
+-- Which steps a worker takes: a filter of step kinds (a step name, optionally of one
+-- task namespace, name and version), resolved once per claim into the named steps it
+-- takes from any task and the (named task, named step) pairs it takes only from those
+-- tasks, as keys named_task_id << 32 | named_step_id.
+CREATE FUNCTION tasker_step_filter_keys(step_filter jsonb)
+RETURNS TABLE (any_task integer[], scoped bigint[])
+LANGUAGE plpgsql STABLE
+AS $$
+BEGIN
+    IF jsonb_typeof(step_filter) IS DISTINCT FROM 'array' OR EXISTS (
+        SELECT FROM jsonb_array_elements(step_filter) AS kind (value)
+        WHERE jsonb_typeof(kind.value) <> 'object'
+           OR jsonb_typeof(kind.value -> 'step') IS DISTINCT FROM 'string'
+           OR EXISTS (SELECT FROM jsonb_each(kind.value) AS field (key, value)
+                       WHERE field.key NOT IN ('step', 'namespace', 'task', 'version')
+                          OR jsonb_typeof(field.value) NOT IN ('string', 'null'))) THEN
+        PERFORM tasker_refuse('invalid_argument',
+            'a step filter is a JSON array of objects {"step": name} with optional "namespace", "task" and "version" strings',
+            jsonb_build_object('step_filter', step_filter));
+    END IF;
+    RETURN QUERY
+    WITH kind AS (
+        SELECT k.value ->> 'step' AS step, k.value ->> 'namespace' AS namespace,
+               k.value ->> 'task' AS task, k.value ->> 'version' AS version
+        FROM jsonb_array_elements(step_filter) AS k (value)
+    )
+    SELECT coalesce((SELECT array_agg(DISTINCT named.named_step_id)
+                     FROM kind JOIN tasker_named_steps AS named ON named.name = kind.step
+                     WHERE num_nulls(kind.namespace, kind.task, kind.version) = 3), '{}'),
+           coalesce((SELECT array_agg(DISTINCT (task.named_task_id::bigint << 32)
+                                              | named.named_step_id)
+                     FROM kind
+                     JOIN tasker_named_steps AS named ON named.name = kind.step
+                     JOIN tasker_named_tasks AS task
+                       ON (kind.task IS NULL OR task.name = kind.task)
+                      AND (kind.version IS NULL OR task.version = kind.version)
+                     JOIN tasker_task_namespaces AS namespace
+                       ON namespace.task_namespace_id = task.task_namespace_id
+                      AND (kind.namespace IS NULL OR namespace.name = kind.namespace)
+                     WHERE num_nulls(kind.namespace, kind.task, kind.version) < 3), '{}');
+END;
+$$;
+COMMENT ON FUNCTION tasker_step_filter_keys(jsonb) IS
+    'Resolves a claim''s step filter, a JSON array of {"step": name, "namespace": ..., "task": ..., "version": ...} (all but step optional), into the named steps taken from any task (any_task) and the pairs taken from some tasks only (scoped: named_task_id << 32 | named_step_id). Refused (invalid_argument) when it has another shape.';
+
+CREATE FUNCTION tasker_step_wanted(
+    named_step_id integer,
+    task_id bigint,
+    any_task integer[],
+    scoped bigint[]
+)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT any_task IS NULL
+        OR named_step_id = ANY (any_task)
+        OR (cardinality(scoped) > 0
+            AND ((SELECT t.named_task_id FROM tasker_tasks AS t WHERE t.task_id = tasker_step_wanted.task_id)::bigint << 32
+                 | named_step_id) = ANY (scoped))
+$$;
+COMMENT ON FUNCTION tasker_step_wanted(integer, bigint, integer[], bigint[]) IS
+    'Whether a claim whose step filter resolved to any_task and scoped (tasker_step_filter_keys; any_task NULL: no filter) takes a step of named step named_step_id in task task_id.';
+
+-- The step filter is a new last argument: the signature of migration 120000 goes.
+DROP FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb);
+CREATE FUNCTION claim_ready_steps(
     task_ids bigint[],
     max_steps integer,
     lease_seconds integer,
-    metadata jsonb DEFAULT '{}'
+    metadata jsonb DEFAULT '{}',
+    step_filter jsonb DEFAULT NULL
 )
 RETURNS SETOF tasker_step_claim_row
 LANGUAGE plpgsql
@@ -1137,12 +1203,22 @@ DECLARE
     startable bigint[];
     claimed tasker_step_claim_row[];
     changes tasker_step_change[];
+    any_task integer[];
+    scoped bigint[];
 BEGIN
     IF max_steps IS NULL OR max_steps < 1 OR lease_seconds IS NULL OR lease_seconds < 1 THEN
         PERFORM tasker_refuse('invalid_argument',
             format('claim_ready_steps needs max_steps >= 1 and lease_seconds >= 1, got %s and %s',
                    coalesce(max_steps::text, 'NULL'), coalesce(lease_seconds::text, 'NULL')),
             jsonb_build_object('max_steps', max_steps, 'lease_seconds', lease_seconds));
+    END IF;
+    IF step_filter IS NOT NULL THEN
+        SELECT keys.any_task, keys.scoped INTO any_task, scoped
+        FROM tasker_step_filter_keys(step_filter) AS keys;
+        -- No step of the schema has a kind the filter names.
+        IF cardinality(any_task) = 0 AND cardinality(scoped) = 0 THEN
+            RETURN;
+        END IF;
     END IF;
 
     -- 1. Lock up to max_steps steps that look ready, skipping the ones another
@@ -1163,6 +1239,7 @@ BEGIN
               AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
                              WHERE t.task_id = step.task_id AND t.most_recent),
                            'pending') IN ('pending', 'in_progress')
+              AND tasker_step_wanted(step.named_step_id, step.task_id, any_task, scoped)
             ORDER BY step.task_id, step.workflow_step_id
             LIMIT max_steps
             FOR NO KEY UPDATE OF step SKIP LOCKED
@@ -1184,6 +1261,7 @@ BEGIN
                   AND step.runnable
                   AND coalesce(step.next_retry_at, '-infinity'::timestamp)
                       <= (now() AT TIME ZONE 'UTC')
+                  AND tasker_step_wanted(step.named_step_id, step.task_id, any_task, scoped)
                 ORDER BY step.workflow_step_id
                 LIMIT max_steps - coalesce(cardinality(locked), 0)
                 FOR NO KEY UPDATE OF step SKIP LOCKED
@@ -1335,8 +1413,8 @@ BEGIN
     RETURN QUERY SELECT * FROM unnest(claimed);
 END;
 $$;
-COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb) IS
-    'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task (new, or moved back to pending to resume it) moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: claiming walks tasker_workflow_steps_runnable_idx (runnable steps only) in order until max_steps ready steps are found, with one probe per candidate for its task''s state.';
+COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb, jsonb) IS
+    'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, and of the step kinds step_filter names (NULL: of every kind; see tasker_step_filter_keys), oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task (new, or moved back to pending to resume it) moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: claiming walks tasker_workflow_steps_runnable_idx (runnable steps only) in order until max_steps ready steps are found, with one probe per candidate for its task''s state (and, with a step filter naming task-scoped kinds, one for its task); ready steps the filter leaves are walked past.';
 
 -- Waiting for work -----------------------------------------------------------------------
 
@@ -1385,7 +1463,7 @@ CREATE TYPE tasker_step_report_row AS (
     refusal jsonb
 );
 COMMENT ON TYPE tasker_step_report_row IS
-    'The outcome of one result reported by report_steps: the id of the transition it wrote, or (transition_id NULL) why it was refused, as the JSON detail tasker_refuse raises (unknown_step, claim_lost, claim_expired, invalid_argument).';
+    'The outcome of one result reported by report_steps: the id of the transition it wrote (for a result reported again under the same claim, the one the first report wrote), or (transition_id NULL) why it was refused, as the JSON detail tasker_refuse raises (unknown_step, claim_lost, claim_expired, invalid_argument).';
 
 CREATE FUNCTION report_steps(
     workflow_step_ids bigint[],
@@ -1393,7 +1471,8 @@ CREATE FUNCTION report_steps(
     outcomes tasker_step_state[],
     payloads jsonb[],
     retry_after_seconds integer[] DEFAULT NULL,
-    metadata jsonb DEFAULT '{}'
+    metadata jsonb DEFAULT '{}',
+    permanent boolean[] DEFAULT NULL
 )
 RETURNS SETOF tasker_step_report_row
 LANGUAGE plpgsql
@@ -1409,18 +1488,20 @@ DECLARE
 BEGIN
     IF coalesce(cardinality(claim_ids), 0) <> n OR coalesce(cardinality(outcomes), 0) <> n
        OR coalesce(cardinality(payloads), 0) <> n
-       OR (retry_after_seconds IS NOT NULL AND cardinality(retry_after_seconds) <> n) THEN
+       OR (retry_after_seconds IS NOT NULL AND cardinality(retry_after_seconds) <> n)
+       OR (permanent IS NOT NULL AND cardinality(permanent) <> n) THEN
         PERFORM tasker_refuse('invalid_argument',
-            format('report_steps needs one claim id, outcome and payload (and retry delay, when given) per step, got %s steps, %s claim ids, %s outcomes, %s payloads and %s delays',
+            format('report_steps needs one claim id, outcome and payload (and retry delay and permanence, when given) per step, got %s steps, %s claim ids, %s outcomes, %s payloads, %s delays and %s permanence flags',
                    n, coalesce(cardinality(claim_ids), 0), coalesce(cardinality(outcomes), 0),
                    coalesce(cardinality(payloads), 0),
-                   coalesce(cardinality(retry_after_seconds)::text, 'no')),
+                   coalesce(cardinality(retry_after_seconds)::text, 'no'),
+                   coalesce(cardinality(permanent)::text, 'no')),
             jsonb_build_object('steps', n));
     END IF;
     IF EXISTS (SELECT FROM unnest(outcomes) AS o (outcome)
-                WHERE o.outcome IS NULL OR o.outcome NOT IN ('complete', 'error')) THEN
+                WHERE o.outcome IS NULL OR o.outcome NOT IN ('complete', 'error', 'pending')) THEN
         PERFORM tasker_refuse('invalid_argument',
-            'report_steps takes the outcomes complete and error only',
+            'report_steps takes the outcomes complete, error and pending (a release) only',
             jsonb_build_object('outcomes', outcomes));
     END IF;
     IF (SELECT count(DISTINCT id) FROM unnest(workflow_step_ids) AS i (id)) <> n THEN
@@ -1443,22 +1524,16 @@ BEGIN
     WITH input AS (
         SELECT *
         FROM unnest(workflow_step_ids, claim_ids, outcomes, payloads,
-                    coalesce(retry_after_seconds, array_fill(NULL::integer, ARRAY[n])))
+                    coalesce(retry_after_seconds, array_fill(NULL::integer, ARRAY[n])),
+                    coalesce(permanent, array_fill(NULL::boolean, ARRAY[n])))
              WITH ORDINALITY AS i (workflow_step_id, claim_id, outcome, payload, retry_after,
-                                   position)
+                                   permanent, position)
     ), checked AS MATERIALIZED (
         SELECT i.*, step.task_id, step.current_state, step.retry_eligible, step.runnable,
                latest.id AS latest_id, coalesce(top.sort_key, 0) AS top_key,
-               CASE WHEN i.retry_after < 0 THEN jsonb_build_object(
-                        'refusal', 'invalid_argument',
-                        'message', format('a retry delay must be >= 0 seconds or none, got %s for workflow step %s',
-                                          i.retry_after, i.workflow_step_id),
-                        'workflow_step_id', i.workflow_step_id,
-                        'retry_after_seconds', i.retry_after)
-                    ELSE tasker_claim_refusal(i.workflow_step_id, i.claim_id,
-                                              step.workflow_step_id IS NOT NULL,
-                                              latest.id, latest.to_state, step.claimed_until)
-               END AS refusal
+               recorded.metadata AS written_metadata,
+               CASE WHEN repeated.id IS NULL THEN first.refusal END AS refusal,
+               repeated.id AS repeated_id
         FROM input AS i
         LEFT JOIN tasker_workflow_steps AS step ON step.workflow_step_id = i.workflow_step_id
         LEFT JOIN LATERAL (
@@ -1471,8 +1546,52 @@ BEGIN
             SELECT max(t.sort_key) AS sort_key FROM tasker_workflow_step_transitions AS t
             WHERE t.workflow_step_id = i.workflow_step_id
         ) AS top ON true
+        -- The transition that records the result: a completion, a failure, or the
+        -- failure a release goes through (error, then pending).
+        CROSS JOIN LATERAL (
+            SELECT CASE i.outcome
+                       WHEN 'complete' THEN 'complete'::tasker_step_state
+                       ELSE 'error'::tasker_step_state
+                   END AS to_state,
+                   CASE i.outcome
+                       WHEN 'complete' THEN coalesce(report_steps.metadata, '{}')
+                       WHEN 'error' THEN jsonb_build_object('error', i.payload)
+                       ELSE jsonb_build_object('error', i.payload, 'released', true)
+                   END AS metadata
+        ) AS recorded
+        CROSS JOIN LATERAL (
+            SELECT CASE WHEN i.retry_after < 0 THEN jsonb_build_object(
+                        'refusal', 'invalid_argument',
+                        'message', format('a retry delay must be >= 0 seconds or none, got %s for workflow step %s',
+                                          i.retry_after, i.workflow_step_id),
+                        'workflow_step_id', i.workflow_step_id,
+                        'retry_after_seconds', i.retry_after)
+                    ELSE tasker_claim_refusal(i.workflow_step_id, i.claim_id,
+                                              step.workflow_step_id IS NOT NULL,
+                                              latest.id, latest.to_state, step.claimed_until)
+               END AS refusal
+        ) AS first
+        -- A result reported again under the same claim (a retry after the connection
+        -- was lost before the first report's answer came back): the transition right
+        -- after the claim's records the same result. It is that report's outcome, not a
+        -- lost claim.
+        LEFT JOIN LATERAL (
+            SELECT after.id
+            FROM tasker_workflow_step_transitions AS claim
+            JOIN tasker_workflow_step_transitions AS after
+              ON after.workflow_step_id = claim.workflow_step_id
+             AND after.sort_key = claim.sort_key + 1
+            WHERE first.refusal ->> 'refusal' = 'claim_lost'
+              AND claim.id = i.claim_id
+              AND claim.workflow_step_id = i.workflow_step_id
+              AND claim.to_state = 'in_progress'
+              AND after.to_state = recorded.to_state
+              AND after.metadata = recorded.metadata
+              AND (i.outcome <> 'complete' OR step.results IS NOT DISTINCT FROM i.payload)
+            OFFSET 0
+        ) AS repeated ON true
     ), held AS (
-        SELECT * FROM checked AS c WHERE c.refusal IS NULL
+        SELECT * FROM checked AS c WHERE c.refusal IS NULL AND c.repeated_id IS NULL
     ), cleared AS (
         UPDATE tasker_workflow_step_transitions AS t SET most_recent = false
         WHERE t.id = ANY (ARRAY(SELECT h.latest_id FROM held AS h))
@@ -1481,20 +1600,40 @@ BEGIN
         INSERT INTO tasker_workflow_step_transitions
             (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
              created_at, updated_at)
-        SELECT h.workflow_step_id, h.outcome, 'in_progress',
-               CASE WHEN h.outcome = 'complete' THEN coalesce(report_steps.metadata, '{}')
-                    ELSE jsonb_build_object('error', h.payload) END,
-               h.top_key + 1, true, stamp, stamp
+        SELECT h.workflow_step_id,
+               CASE WHEN h.outcome = 'complete' THEN 'complete'::tasker_step_state
+                    ELSE 'error' END,
+               'in_progress', h.written_metadata, h.top_key + 1, h.outcome <> 'pending',
+               stamp, stamp
         -- Reading cleared runs it first: one current transition per step at any time.
         FROM held AS h, (SELECT count(*) FROM cleared) AS old_ones
         RETURNING id, workflow_step_id
+    ), returned AS (
+        -- A release goes on from error to pending: no failure backoff gates it, so
+        -- another worker may claim it at once.
+        INSERT INTO tasker_workflow_step_transitions
+            (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
+             created_at, updated_at)
+        SELECT h.workflow_step_id, 'pending', 'error', coalesce(report_steps.metadata, '{}'),
+               h.top_key + 2, true, stamp, stamp
+        -- Reading written gives the failures the lower ids.
+        FROM held AS h, (SELECT count(*) FROM written) AS before_these
+        WHERE h.outcome = 'pending'
+        RETURNING id
     ), moved AS (
         -- The flags as transition_workflow_step sets them for complete and error; a
-        -- failure's requested delay is kept until the next start honours it.
+        -- failure's requested delay is kept until the next start honours it. A
+        -- permanent failure makes the step not retryable (it has been attempted, so
+        -- it is not retry eligible either); a release gives the attempt back.
         UPDATE tasker_workflow_steps AS s SET
             results = CASE WHEN h.outcome = 'complete' THEN h.payload ELSE s.results END,
             backoff_request_seconds = CASE WHEN h.outcome = 'error' THEN h.retry_after
                                            ELSE s.backoff_request_seconds END,
+            retryable = CASE WHEN h.outcome = 'error' AND h.permanent THEN false
+                             ELSE s.retryable END,
+            attempts = CASE WHEN h.outcome = 'pending'
+                            THEN greatest(coalesce(s.attempts, 0) - 1, 0)
+                            ELSE s.attempts END,
             in_process = false,
             processed = (h.outcome = 'complete'),
             processed_at = CASE WHEN h.outcome = 'complete' THEN stamp END,
@@ -1502,11 +1641,12 @@ BEGIN
             current_state = h.outcome,
             last_failure_at = CASE WHEN h.outcome = 'error' THEN stamp END,
             updated_at = stamp
-        FROM held AS h
+        FROM held AS h, (SELECT count(*) FROM returned) AS released
         WHERE s.workflow_step_id = h.workflow_step_id
         RETURNING s.workflow_step_id, s.retry_eligible, s.runnable
     )
-    SELECT array_agg(ROW(c.workflow_step_id, c.claim_id, w.id, c.refusal)::tasker_step_report_row
+    SELECT array_agg(ROW(c.workflow_step_id, c.claim_id, coalesce(w.id, c.repeated_id),
+                         c.refusal)::tasker_step_report_row
                      ORDER BY c.position),
            array_agg(ROW(c.workflow_step_id, c.task_id,
                          c.current_state, c.retry_eligible, c.runnable,
@@ -1523,8 +1663,8 @@ BEGIN
     RETURN QUERY SELECT * FROM unnest(reported);
 END;
 $$;
-COMMENT ON FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb) IS
-    'Reports the results of many claimed steps in one statement, one row per step in the order given. Outcome complete records the payload as the step''s results and completes it (metadata in the transition); outcome error moves it to error with {"error": payload} as the transition metadata and the step''s retry delay (retry_after_seconds, NULL: none) as backoff_request_seconds. Each result is checked on its own: one whose claim no longer holds (or whose delay is negative) is refused in its row, transition_id NULL, and the others are written. Refused as a whole (invalid_argument) when the arrays differ in length, an outcome is neither complete nor error, or a step appears twice.';
+COMMENT ON FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb, boolean[]) IS
+    'Reports the results of many claimed steps in one statement, one row per step in the order given. Outcome complete records the payload as the step''s results and completes it (metadata in the transition); outcome error moves it to error with {"error": payload} as the transition metadata and the step''s retry delay (retry_after_seconds, NULL: none) as backoff_request_seconds, and when its permanent flag is true makes the step not retryable; outcome pending releases the claim: error with {"error": payload, "released": true}, then pending, the attempt not counted, claimable at once. Each result is checked on its own: one whose claim no longer holds (or whose delay is negative) is refused in its row, transition_id NULL, and the others are written; a result reported again under the same claim (same outcome and payload) is not written twice, its row gives the transition the first report wrote. Refused as a whole (invalid_argument) when the arrays differ in length, an outcome is not complete, error or pending, or a step appears twice.';
 
 -- The single-step calls are the one-element case; a refusal is raised.
 CREATE FUNCTION tasker_reported_transition(outcome tasker_step_report_row)
@@ -1591,7 +1731,9 @@ CREATE FUNCTION report_and_claim(
     task_ids bigint[],
     max_steps integer,
     lease_seconds integer,
-    metadata jsonb DEFAULT '{}'
+    metadata jsonb DEFAULT '{}',
+    permanent boolean[] DEFAULT NULL,
+    step_filter jsonb DEFAULT NULL
 )
 RETURNS TABLE (
     reported tasker_step_report_row,
@@ -1604,16 +1746,105 @@ BEGIN
     RETURN QUERY
         SELECT r, NULL::tasker_step_claim_row
         FROM report_steps(workflow_step_ids, claim_ids, outcomes, payloads,
-                          retry_after_seconds, metadata) AS r;
+                          retry_after_seconds, metadata, permanent) AS r;
     IF max_steps > 0 THEN
         RETURN QUERY
             SELECT NULL::tasker_step_report_row, c
-            FROM claim_ready_steps(task_ids, max_steps, lease_seconds, metadata) AS c;
+            FROM claim_ready_steps(task_ids, max_steps, lease_seconds, metadata,
+                                   step_filter) AS c;
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb) IS
+COMMENT ON FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb, boolean[], jsonb) IS
     'A worker''s round trip: reports results as report_steps does, then (max_steps > 0) claims up to max_steps steps as claim_ready_steps does, in one statement. One row per reported result (claimed NULL), in the order given, then one per claimed step (reported NULL).';
+
+CREATE FUNCTION tasker_step_work_inputs(workflow_step_ids bigint[])
+RETURNS TABLE (
+    workflow_step_id bigint,
+    namespace text,
+    task_name text,
+    task_version text,
+    task_context jsonb,
+    parent_results jsonb
+)
+LANGUAGE sql STABLE
+AS $$
+    SELECT step.workflow_step_id, namespace.name::text, named_task.name::text,
+           named_task.version::text, task.context,
+           (SELECT coalesce(jsonb_object_agg(parent_name.name, parent.results), '{}')
+            FROM tasker_workflow_step_edges AS edge
+            JOIN tasker_workflow_steps AS parent ON parent.workflow_step_id = edge.from_step_id
+            JOIN tasker_named_steps AS parent_name
+              ON parent_name.named_step_id = parent.named_step_id
+            WHERE edge.to_step_id = step.workflow_step_id)
+    FROM tasker_workflow_steps AS step
+    JOIN tasker_tasks AS task ON task.task_id = step.task_id
+    JOIN tasker_named_tasks AS named_task ON named_task.named_task_id = task.named_task_id
+    JOIN tasker_task_namespaces AS namespace
+      ON namespace.task_namespace_id = named_task.task_namespace_id
+    WHERE step.workflow_step_id = ANY (tasker_step_work_inputs.workflow_step_ids)
+$$;
+COMMENT ON FUNCTION tasker_step_work_inputs(bigint[]) IS
+    'What a worker needs to run claimed steps, one row per existing step: its task''s namespace, name, version and context, and the results of its parents as a JSON object keyed by parent step name. Cost: a few index probes per step and per parent.';
+
+-- Finalizing ------------------------------------------------------------------------
+
+-- The tasks a finalizer looks at: those in progress (a task starts with its first
+-- claim), found without reading the others.
+CREATE INDEX tasker_task_transitions_in_progress_idx
+    ON tasker_task_transitions (task_id)
+    WHERE most_recent AND to_state = 'in_progress';
+
+CREATE FUNCTION tasker_settled_tasks(after_task_id bigint, max_tasks integer)
+RETURNS SETOF bigint
+LANGUAGE sql STABLE
+AS $$
+    SELECT active.task_id
+    FROM tasker_task_transitions AS active
+    CROSS JOIN LATERAL get_task_execution_contexts_batch(ARRAY[active.task_id]) AS context
+    WHERE active.most_recent
+      AND active.to_state = 'in_progress'
+      AND active.task_id > coalesce(after_task_id, 0)
+      -- What finalize_task finalizes: every step complete, or blocked with no failed
+      -- step that has a retry left (such a step is runnable).
+      AND (context.execution_status = 'all_complete'
+           OR (context.execution_status = 'blocked_by_failures'
+               AND (SELECT counts.runnable_steps
+                    FROM tasker_task_step_counts_of(active.task_id) AS counts) = 0))
+    ORDER BY active.task_id
+    LIMIT max_tasks
+$$;
+COMMENT ON FUNCTION tasker_settled_tasks(bigint, integer) IS
+    'Up to max_tasks tasks in progress with an id above after_task_id (NULL: 0) that finalize_task would finalize now (all steps complete, or blocked by failures with no retry left), in id order. Cost: a walk of tasker_task_transitions_in_progress_idx (tasks in progress only) with the execution context of each task walked, until max_tasks are found.';
+
+CREATE FUNCTION tasker_finalize_settled_tasks(max_tasks integer, metadata jsonb DEFAULT '{}')
+RETURNS TABLE (task_id bigint, task_state tasker_task_state)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    settled bigint;
+BEGIN
+    IF max_tasks IS NULL OR max_tasks < 1 THEN
+        PERFORM tasker_refuse('invalid_argument',
+            format('tasker_finalize_settled_tasks needs max_tasks >= 1, got %s',
+                   coalesce(max_tasks::text, 'NULL')),
+            jsonb_build_object('max_tasks', max_tasks));
+    END IF;
+    FOR settled IN SELECT s FROM tasker_settled_tasks(0, max_tasks) AS s LOOP
+        BEGIN
+            task_state := finalize_task(settled, metadata);
+            task_id := settled;
+            RETURN NEXT;
+        EXCEPTION WHEN SQLSTATE 'TK001' THEN
+            -- A step of the task changed since it was found (a manual retry, say): it
+            -- is not settled any more, and the others are finalized all the same.
+            NULL;
+        END;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION tasker_finalize_settled_tasks(integer, jsonb) IS
+    'Finalizes (finalize_task) up to max_tasks tasks that tasker_settled_tasks finds, lowest id first, and returns each with the state it was finalized to; a task that changed in between is passed over. For a sweeper that finalizes tasks whoever ran their last step: call it until it returns fewer than max_tasks rows. Cost: that of tasker_settled_tasks plus finalize_task per task.';
 
 -- Check and repair ---------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ use chrono::NaiveDateTime;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::pg::sql_types::Record;
 use diesel::pg::Pg;
-use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable, Text, Timestamp};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamp};
 use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,6 +32,73 @@ pub struct ClaimRequest<'a> {
     pub lease: Duration,
     /// Stored in the transitions the claim writes (a worker id, say).
     pub metadata: Option<&'a Value>,
+    /// Only steps of these kinds; `None`: of every kind. A worker that runs
+    /// some kinds only leaves the others to workers that run them.
+    pub kinds: Option<&'a [StepKind]>,
+}
+
+/// A kind of step a worker runs: a step name, optionally only in tasks of a
+/// namespace, a task name and a version (see [`ClaimRequest::kinds`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StepKind {
+    /// The step's name (its step template's).
+    pub step: String,
+    /// Only in tasks of this namespace; `None`: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Only in tasks of this name; `None`: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Only in tasks of this version; `None`: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+impl StepKind {
+    /// Steps named `step`, in any task.
+    pub fn named(step: impl Into<String>) -> Self {
+        StepKind {
+            step: step.into(),
+            namespace: None,
+            task: None,
+            version: None,
+        }
+    }
+
+    /// Only in tasks named `task` of namespace `namespace`.
+    pub fn in_task(self, namespace: impl Into<String>, task: impl Into<String>) -> Self {
+        StepKind {
+            namespace: Some(namespace.into()),
+            task: Some(task.into()),
+            ..self
+        }
+    }
+
+    /// Only in tasks of version `version`.
+    pub fn version(self, version: impl Into<String>) -> Self {
+        StepKind {
+            version: Some(version.into()),
+            ..self
+        }
+    }
+
+    /// Whether a step named `step` of a task `namespace`/`task`/`version` is
+    /// of this kind.
+    pub fn matches(&self, step: &str, namespace: &str, task: &str, version: &str) -> bool {
+        self.step == step
+            && self.namespace.as_deref().is_none_or(|n| n == namespace)
+            && self.task.as_deref().is_none_or(|t| t == task)
+            && self.version.as_deref().is_none_or(|v| v == version)
+    }
+
+    /// How many of the optional fields it names: a kind that names more is
+    /// more specific.
+    pub fn specificity(&self) -> usize {
+        [&self.namespace, &self.task, &self.version]
+            .iter()
+            .filter(|field| field.is_some())
+            .count()
+    }
 }
 
 impl<'a> ClaimRequest<'a> {
@@ -42,6 +109,7 @@ impl<'a> ClaimRequest<'a> {
             max_steps,
             lease,
             metadata: None,
+            kinds: None,
         }
     }
 
@@ -59,6 +127,20 @@ impl<'a> ClaimRequest<'a> {
             metadata: Some(metadata),
             ..self
         }
+    }
+
+    /// Claims only steps of `kinds` (none at all when `kinds` is empty).
+    pub fn only(self, kinds: &'a [StepKind]) -> Self {
+        ClaimRequest {
+            kinds: Some(kinds),
+            ..self
+        }
+    }
+
+    /// The `step_filter` argument of the SQL claim.
+    fn step_filter(&self) -> Option<Value> {
+        self.kinds
+            .map(|kinds| serde_json::to_value(kinds).expect("step kinds serialize to JSON"))
     }
 }
 
@@ -122,6 +204,7 @@ pub fn claim_ready_steps(
             saturating_i32(request.max_steps.into()).into_sql::<Integer>(),
             lease_seconds(request.lease).into_sql::<Integer>(),
             request.metadata.into_sql::<Nullable<Jsonb>>(),
+            request.step_filter().into_sql::<Nullable<Jsonb>>(),
         ),
     )
     .load(conn)?)
@@ -203,11 +286,19 @@ pub enum StepOutcome<'a> {
     /// The step succeeded: record `results` and complete it.
     Complete { results: &'a Value },
     /// The step failed: move it to `error` with `{"error": error}` as
-    /// metadata; `retry_after` as for [`fail_step`].
+    /// metadata; `retry_after` as for [`fail_step`]. A `permanent` failure
+    /// is not retried: the step is marked not retryable, so its task is
+    /// blocked unless someone resolves the step.
     Fail {
         error: &'a Value,
         retry_after: Option<Duration>,
+        permanent: bool,
     },
+    /// The worker gives the step back unfinished (it is shutting down, say):
+    /// the step moves to `error` with `{"error": reason, "released": true}`
+    /// and on to `pending`, its attempt is not counted, and another worker
+    /// may claim it at once.
+    Release { reason: &'a Value },
 }
 
 /// A result to report under a claim (see [`report_steps`]).
@@ -230,7 +321,32 @@ impl<'a> StepReport<'a> {
     pub fn fail(claim: Claim, error: &'a Value, retry_after: Option<Duration>) -> Self {
         StepReport {
             claim,
-            outcome: StepOutcome::Fail { error, retry_after },
+            outcome: StepOutcome::Fail {
+                error,
+                retry_after,
+                permanent: false,
+            },
+        }
+    }
+
+    /// The step failed with `error` for good: do not retry it.
+    pub fn fail_permanently(claim: Claim, error: &'a Value) -> Self {
+        StepReport {
+            claim,
+            outcome: StepOutcome::Fail {
+                error,
+                retry_after: None,
+                permanent: true,
+            },
+        }
+    }
+
+    /// Give the step back unfinished, for `reason` (see
+    /// [`StepOutcome::Release`]).
+    pub fn release(claim: Claim, reason: &'a Value) -> Self {
+        StepReport {
+            claim,
+            outcome: StepOutcome::Release { reason },
         }
     }
 }
@@ -253,6 +369,11 @@ pub struct ReportedStep {
 /// are written all the same, so one lost claim does not cost a batch its
 /// work. A step may appear once per call; repeating one, like a bad
 /// argument, refuses the whole call with [`Refusal::InvalidArgument`].
+///
+/// Reporting is idempotent per claim: a result reported again under the same
+/// claim with the same outcome and payload (a retry after the connection was
+/// lost before the answer arrived) is not written twice and comes back `Ok`
+/// with the transition the first report wrote.
 pub fn report_steps(
     conn: &mut PgConnection,
     reports: &[StepReport<'_>],
@@ -269,6 +390,8 @@ pub fn report_steps(
             binds.outcomes.into_sql::<Array<TaskerStepState>>(),
             binds.payloads.into_sql::<Array<Jsonb>>(),
             binds.retry_after.into_sql::<Array<Nullable<Integer>>>(),
+            None::<&Value>.into_sql::<Nullable<Jsonb>>(),
+            binds.permanent.into_sql::<Array<Bool>>(),
         ),
     )
     .load(conn)?;
@@ -301,6 +424,21 @@ pub fn fail_steps(
     report_steps(conn, &reports)
 }
 
+/// Gives claimed steps back unfinished in one round trip: [`report_steps`]
+/// with every outcome [`StepOutcome::Release`]. Another worker may claim them
+/// at once; their attempts are not counted.
+pub fn release_steps(
+    conn: &mut PgConnection,
+    claims: &[Claim],
+    reason: &Value,
+) -> Result<Vec<ReportedStep>> {
+    let reports: Vec<StepReport<'_>> = claims
+        .iter()
+        .map(|&claim| StepReport::release(claim, reason))
+        .collect();
+    report_steps(conn, &reports)
+}
+
 /// A worker's loop in one round trip and one transaction
 /// (`report_and_claim`): reports `reports` as [`report_steps`] does, then
 /// claims as [`claim_ready_steps`] does (children the reports made ready
@@ -326,6 +464,8 @@ pub fn report_and_claim(
             saturating_i32(request.max_steps.into()).into_sql::<Integer>(),
             lease_seconds(request.lease).into_sql::<Integer>(),
             request.metadata.into_sql::<Nullable<Jsonb>>(),
+            binds.permanent.into_sql::<Array<Bool>>(),
+            request.step_filter().into_sql::<Nullable<Jsonb>>(),
         ),
     )
     .load(conn)?;
@@ -452,6 +592,7 @@ struct ReportBinds<'a> {
     outcomes: Vec<StepState>,
     payloads: Vec<&'a Value>,
     retry_after: Vec<Option<i32>>,
+    permanent: Vec<bool>,
 }
 
 impl<'a> ReportBinds<'a> {
@@ -462,19 +603,30 @@ impl<'a> ReportBinds<'a> {
             outcomes: Vec::with_capacity(reports.len()),
             payloads: Vec::with_capacity(reports.len()),
             retry_after: Vec::with_capacity(reports.len()),
+            permanent: Vec::with_capacity(reports.len()),
         };
         for report in reports {
             binds.step_ids.push(report.claim.workflow_step_id);
             binds.claim_ids.push(report.claim.claim_id);
-            let (outcome, payload, retry_after) = match report.outcome {
-                StepOutcome::Complete { results } => (StepState::Complete, results, None),
-                StepOutcome::Fail { error, retry_after } => {
-                    (StepState::Error, error, retry_after.map(lease_seconds))
-                }
+            let (outcome, payload, retry_after, permanent) = match report.outcome {
+                StepOutcome::Complete { results } => (StepState::Complete, results, None, false),
+                StepOutcome::Fail {
+                    error,
+                    retry_after,
+                    permanent,
+                } => (
+                    StepState::Error,
+                    error,
+                    retry_after.map(lease_seconds),
+                    permanent,
+                ),
+                // report_steps reads the outcome pending as a release.
+                StepOutcome::Release { reason } => (StepState::Pending, reason, None, false),
             };
             binds.outcomes.push(outcome);
             binds.payloads.push(payload);
             binds.retry_after.push(retry_after);
+            binds.permanent.push(permanent);
         }
         binds
     }

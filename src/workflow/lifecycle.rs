@@ -1,8 +1,9 @@
 //! Ending a task: cancelling it, or finalizing it once its execution context
 //! says there is nothing left to run.
 
-use diesel::sql_types::{BigInt, Jsonb, Nullable};
-use diesel::{IntoSql, PgConnection, RunQueryDsl};
+use diesel::pg::Pg;
+use diesel::sql_types::{BigInt, Integer, Jsonb, Nullable};
+use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde_json::Value;
 
 use crate::call::FunctionCall;
@@ -40,4 +41,43 @@ pub fn finalize_task(
     metadata: Option<&Value>,
 ) -> Result<TaskState> {
     Ok(diesel::select(functions::finalize_task(task_id, metadata)).get_result(conn)?)
+}
+
+/// A task [`finalize_settled_tasks`] finalized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+#[diesel(check_for_backend(Pg))]
+pub struct FinalizedTask {
+    #[diesel(sql_type = BigInt)]
+    pub task_id: i64,
+    /// `Complete`, or `Error` for a task blocked by failures.
+    #[diesel(sql_type = crate::schema::sql_types::TaskerTaskState)]
+    pub task_state: TaskState,
+}
+
+/// Finalizes up to `max_tasks` tasks in progress that [`finalize_task`]
+/// would finalize now, whoever ran their last step
+/// (`tasker_finalize_settled_tasks`), lowest task id first; returns them.
+/// Call it until it returns fewer than `max_tasks`. It reads the tasks in
+/// progress only (an index of them), not the finished ones. `max_tasks` is
+/// at least 1 and at most `i32::MAX`; outside that it is refused with
+/// [`crate::Refusal::InvalidArgument`].
+pub fn finalize_settled_tasks(
+    conn: &mut PgConnection,
+    max_tasks: u32,
+    metadata: Option<&Value>,
+) -> Result<Vec<FinalizedTask>> {
+    let max_tasks = i32::try_from(max_tasks).map_err(|_| crate::Refusal::InvalidArgument {
+        message: format!(
+            "finalize_settled_tasks takes max_tasks up to {}, got {max_tasks}",
+            i32::MAX
+        ),
+    })?;
+    Ok(FunctionCall::new(
+        "tasker_finalize_settled_tasks",
+        (
+            max_tasks.into_sql::<Integer>(),
+            metadata.into_sql::<Nullable<Jsonb>>(),
+        ),
+    )
+    .load(conn)?)
 }

@@ -1,9 +1,8 @@
 //! A pool of worker threads runs a batch of workflows to completion through
-//! the write path: each worker "executes" the steps it holds, then reports
-//! their results and claims the next ready steps of any task in one round
-//! trip (`report_and_claim`), sleeps on the wake-up (`wait_for_claimable_work`)
-//! while nothing is claimable, and finalizes the tasks whose execution
-//! context says nothing is left to run.
+//! the crate's worker runtime (`tasker_diesel::worker`): handlers by step
+//! name, threads that report results and claim the next steps in one round
+//! trip, sleep on the wake-up while nothing is claimable, and a sweeper that
+//! finalizes every task whose steps are done.
 //!
 //! ```sh
 //! cargo run --release --example worker_pool                  # a throwaway PostgreSQL cluster
@@ -19,13 +18,10 @@
 //! `--fail-rate 0` measures throughput.
 //!
 //! Each run creates tasks of its own, so reruns against one database work.
-//! Workers claim from any task, as a real pool does: on a database with other
-//! live work they would run (and fake) its steps too, so point `DATABASE_URL`
+//! The workers claim steps named s00 to s19 of any task: point `DATABASE_URL`
 //! at a scratch database.
 
-use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,31 +32,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tasker_diesel::pool::pool_builder;
 use tasker_diesel::testing::LocalCluster;
+use tasker_diesel::worker::{Handlers, StepContext, StepFailure, Worker};
 use tasker_diesel::workflow::{
-    create_tasks as create_task_batch, finalize_task, release_expired_claims, report_and_claim,
-    wait_for_claimable_work, ClaimRequest, ClaimedStep, StepReport, StepTemplate, TaskRequest,
-    TaskTemplate,
+    create_tasks as create_task_batch, StepTemplate, TaskRequest, TaskTemplate,
 };
-use tasker_diesel::{
-    establish_connection, run_pending_migrations, Error, ExecutionStatus, PgPool,
-    RecommendedAction, Refusal, StepReadinessStatus, TaskExecutionContext, TaskState,
-};
+use tasker_diesel::{establish_connection, run_pending_migrations, TaskState};
 
 const USAGE: &str = "usage: worker_pool [--workers N] [--tasks N] [--fail-rate F] [--work-us N]";
 /// Distinct task templates the tasks are spread over.
 const SHAPES: u64 = 16;
 /// Most steps in a task.
 const MAX_STEPS: u64 = 20;
-/// Steps a worker claims at a time.
-const CLAIM_BATCH: u32 = 10;
-/// How long a claim holds; a step takes microseconds here.
-const LEASE: Duration = Duration::from_secs(30);
-/// The longest a worker sleeps on the wake-up before it looks again (a
-/// notification it missed costs no more).
-const IDLE: Duration = Duration::from_millis(500);
-/// How often expired claims are released.
-const RELEASE_EVERY: Duration = Duration::from_secs(5);
-/// Longer than any backoff here without a step run or a task finalized: a bug.
+/// Longer than any backoff here without a task finalized: a bug.
 const STALL: Duration = Duration::from_secs(60);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -76,59 +59,67 @@ fn main() -> Result<(), BoxError> {
     run_pending_migrations(&mut conn)?;
 
     let created = Instant::now();
-    let (tasks, steps) = create_tasks(&mut conn, options.tasks)?;
+    let (task_ids, steps) = create_tasks(&mut conn, options.tasks)?;
+    let tasks = task_ids.len();
     println!(
-        "created {} tasks ({steps} steps) in {:.1} s; running them with {} workers",
-        tasks.len(),
+        "created {tasks} tasks ({steps} steps) in {:.1} s; running them with {} workers",
         created.elapsed().as_secs_f64(),
         options.workers
     );
 
+    // Every step name runs the same handler here; a service registers one
+    // handler per kind of step.
+    let mut handlers = Handlers::new();
+    for step in 0..MAX_STEPS {
+        let (work, fail_rate) = (options.work, options.fail_rate);
+        handlers = handlers.on(step_name(step), move |step| run_step(step, work, fail_rate));
+    }
     let pool = pool_builder()
-        .max_size(options.workers + 2)
+        .max_size(options.workers as u32 + 2)
         .build(ConnectionManager::<PgConnection>::new(url))?;
-    let run = Run {
-        finalized: tasks
-            .iter()
-            .map(|&id| (id, AtomicBool::new(false)))
-            .collect(),
-        stop: AtomicBool::new(false),
-        tally: Tally::default(),
-    };
-    let bar = ProgressBar::new(tasks.len() as u64).with_style(ProgressStyle::with_template(
+    let started = Instant::now();
+    let worker = Worker::builder(pool, handlers)
+        .threads(options.workers)
+        .sweep_every(Duration::from_secs(1))
+        .build()?
+        .start();
+
+    let bar = ProgressBar::new(tasks as u64).with_style(ProgressStyle::with_template(
         "{elapsed_precise} [{bar:40}] {pos}/{len} tasks finalized, {msg}",
     )?);
-    let started = Instant::now();
-    thread::scope(|scope| {
-        let workers: Vec<_> = (0..options.workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let worked = work(&pool, &run, &options);
-                    run.stop.store(true, Relaxed);
-                    worked
-                })
-            })
-            .collect();
-        let watched = watch(&pool, &run, &bar);
-        run.stop.store(true, Relaxed);
-        for worker in workers {
-            worker.join().expect("a worker panicked")?;
+    let (mut progressed_at, mut last) = (Instant::now(), (0, 0));
+    loop {
+        let stats = worker.stats();
+        bar.set_position(stats.finalized);
+        bar.set_message(format!(
+            "{} steps run, {} failed",
+            stats.completed + stats.failed,
+            stats.failed
+        ));
+        if stats.finalized >= tasks as u64 {
+            break;
         }
-        watched
-    })?;
+        if (stats.completed, stats.finalized) != last {
+            (last, progressed_at) = ((stats.completed, stats.finalized), Instant::now());
+        } else if progressed_at.elapsed() >= STALL {
+            return Err(format!("no step run and no task finalized for {STALL:?}").into());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
     let wall = started.elapsed().as_secs_f64();
+    let summary = worker.shutdown(Duration::from_secs(10));
     bar.finish_and_clear();
 
-    let tally = &run.tally;
-    let executed = tally.executed.load(Relaxed);
+    let stats = summary.stats;
+    let executed = stats.completed + stats.failed;
+    let states = final_states(&mut conn, &task_ids)?;
     println!(
-        "{} tasks: {} complete, {} blocked | {executed} steps executed, {} failed, {} retried \
+        "{tasks} tasks: {} complete, {} blocked | {executed} steps executed, {} failed, {} retried \
          | {} workers, {wall:.2} s, {:.0} steps/s",
-        tasks.len(),
-        tally.complete.load(Relaxed),
-        tally.blocked.load(Relaxed),
-        tally.failed.load(Relaxed),
-        tally.retried.load(Relaxed),
+        states.0,
+        states.1,
+        stats.failed,
+        stats.retried,
         options.workers,
         executed as f64 / wall,
     );
@@ -136,168 +127,37 @@ fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// One worker: execute what it holds, report it and claim more in one call,
-/// finalize, until the run stops. It keeps its connection, which listens for
-/// the wake-up.
-fn work(pool: &PgPool, run: &Run, options: &Options) -> tasker_diesel::Result<()> {
-    let mut conn = pool.get()?;
-    let request = ClaimRequest::any_task(CLAIM_BATCH, LEASE);
-    let failure = json!({ "message": "simulated failure" });
-    let mut held: Vec<ClaimedStep> = Vec::new();
-    let mut touched = Vec::new();
-    loop {
-        let stopping = run.stop.load(Relaxed);
-        let results: Vec<_> = held
-            .iter()
-            .map(|step| {
-                thread::sleep(options.work);
-                json!({ "attempt": step.attempt })
-            })
-            .collect();
-        let reports: Vec<StepReport<'_>> = held
-            .iter()
-            .zip(&results)
-            .map(|(step, results)| {
-                let tally = &run.tally;
-                tally.executed.fetch_add(1, Relaxed);
-                if step.attempt > 1 {
-                    tally.retried.fetch_add(1, Relaxed);
-                }
-                if fails(step, options.fail_rate) {
-                    tally.failed.fetch_add(1, Relaxed);
-                    // Retry under the failure backoff alone.
-                    StepReport::fail(step.claim(), &failure, Some(Duration::ZERO))
-                } else {
-                    StepReport::complete(step.claim(), results)
-                }
-            })
-            .collect();
-        // Once stopping, report what is held and claim nothing more.
-        let request = ClaimRequest {
-            max_steps: if stopping { 0 } else { CLAIM_BATCH },
-            ..request
-        };
-        let (reported, claimed) = report_and_claim(&mut conn, &reports, &request)?;
-        touched.clear();
-        for (step, outcome) in held.iter().zip(&reported) {
-            match &outcome.result {
-                Ok(_) => {}
-                // The lease ran out and the step was released: its result is dropped
-                // and the step runs again.
-                Err(Refusal::ClaimLost { .. } | Refusal::ClaimExpired { .. }) => {}
-                Err(refusal) => return Err(Error::Refused(refusal.clone())),
-            }
-            if !touched.contains(&step.task_id) {
-                touched.push(step.task_id);
-            }
-        }
-        finalize_finished(&mut conn, run, &touched)?;
-        held = claimed;
-        if stopping {
-            return Ok(());
-        }
-        if held.is_empty() {
-            wait_for_claimable_work(&mut conn, IDLE)?;
-        }
-    }
-}
-
-/// Finalizes those of `task_ids` whose execution context says nothing is
-/// left to run: all complete, or blocked by a step that failed for good.
-fn finalize_finished(
-    conn: &mut PgConnection,
-    run: &Run,
-    task_ids: &[i64],
-) -> tasker_diesel::Result<()> {
-    for context in TaskExecutionContext::find_many(conn, task_ids)? {
-        if context.recommended_action != RecommendedAction::FinalizeTask
-            && context.execution_status != ExecutionStatus::BlockedByFailures
-        {
-            continue;
-        }
-        match finalize_task(conn, context.task_id, None) {
-            Ok(state) => run.count_finalized(context.task_id, state),
-            // A step of the task changed since its context was read.
-            Err(Error::Refused(Refusal::TaskNotFinished { .. })) => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(())
-}
-
-/// Updates the progress bar and releases expired claims until every task is
-/// finalized or a worker stops.
-fn watch(pool: &PgPool, run: &Run, bar: &ProgressBar) -> Result<(), BoxError> {
-    let mut conn = pool.get()?;
-    let (mut released_at, mut progressed_at, mut last_progress) =
-        (Instant::now(), Instant::now(), 0);
-    while !run.stop.load(Relaxed) {
-        let tally = &run.tally;
-        let finalized = tally.complete.load(Relaxed) + tally.blocked.load(Relaxed);
-        let executed = tally.executed.load(Relaxed);
-        bar.set_position(finalized);
-        bar.set_message(format!(
-            "{executed} steps executed, {} failed",
-            tally.failed.load(Relaxed)
+/// A step's work: a short sleep, and a failure now and then.
+fn run_step(
+    step: &StepContext<'_>,
+    work: Duration,
+    fail_rate: f64,
+) -> Result<serde_json::Value, StepFailure> {
+    thread::sleep(work);
+    if fails(step.workflow_step_id(), step.attempt(), fail_rate) {
+        // Retried under the failure backoff.
+        return Err(StepFailure::retryable(
+            json!({ "message": "simulated failure" }),
         ));
-        if finalized == run.finalized.len() as u64 {
-            return Ok(());
-        }
-        if released_at.elapsed() >= RELEASE_EVERY {
-            // A released step may have been its task's last chance.
-            let released = release_expired_claims(&mut conn, None)?;
-            let mut task_ids: Vec<i64> = StepReadinessStatus::for_steps(&released)
-                .load(&mut conn)?
-                .into_iter()
-                .map(|step| step.task_id)
-                .collect();
-            task_ids.dedup();
-            finalize_finished(&mut conn, run, &task_ids)?;
-            released_at = Instant::now();
-        }
-        if executed + finalized != last_progress {
-            (last_progress, progressed_at) = (executed + finalized, Instant::now());
-        } else if progressed_at.elapsed() >= STALL {
-            return Err(format!("no step run and no task finalized for {STALL:?}").into());
-        }
-        thread::sleep(Duration::from_millis(100));
     }
-    Ok(())
+    Ok(json!({ "attempt": step.attempt() }))
 }
 
-/// What the workers share.
-struct Run {
-    /// This run's tasks, and whether each has been counted as finalized.
-    finalized: HashMap<i64, AtomicBool>,
-    /// Set when every task is finalized or a worker has failed.
-    stop: AtomicBool,
-    tally: Tally,
-}
-
-#[derive(Default)]
-struct Tally {
-    executed: AtomicU64,
-    failed: AtomicU64,
-    retried: AtomicU64,
-    complete: AtomicU64,
-    blocked: AtomicU64,
-}
-
-impl Run {
-    /// Counts a task of this run the first time it is finalized (two workers
-    /// may both finalize it: the call is idempotent).
-    fn count_finalized(&self, task_id: i64, state: TaskState) {
-        let Some(seen) = self.finalized.get(&task_id) else {
-            return; // a task of another run on the same database
-        };
-        if !seen.swap(true, Relaxed) {
-            let tally = &self.tally;
-            match state {
-                TaskState::Complete => tally.complete.fetch_add(1, Relaxed),
-                _ => tally.blocked.fetch_add(1, Relaxed),
-            };
-        }
-    }
+/// How many of `task_ids` ended complete, and how many blocked.
+fn final_states(
+    conn: &mut PgConnection,
+    task_ids: &[i64],
+) -> tasker_diesel::Result<(usize, usize)> {
+    use diesel::prelude::*;
+    use tasker_diesel::schema::tasker_task_transitions as transitions;
+    let states: Vec<TaskState> = transitions::table
+        .filter(transitions::most_recent.eq(true))
+        .filter(transitions::task_id.eq_any(task_ids))
+        .select(transitions::to_state)
+        .load(conn)?;
+    let complete = states.iter().filter(|s| **s == TaskState::Complete).count();
+    let blocked = states.iter().filter(|s| **s == TaskState::Error).count();
+    Ok((complete, blocked))
 }
 
 /// Creates `count` tasks spread over the templates, 500 per call; returns
@@ -326,11 +186,16 @@ fn create_tasks(conn: &mut PgConnection, count: usize) -> tasker_diesel::Result<
     Ok((task_ids, steps))
 }
 
+/// The name of step `index` of a template.
+fn step_name(index: u64) -> String {
+    format!("s{index:02}")
+}
+
 /// Template `index`: 1 to 20 steps, each depending on none to two of the four
 /// steps before it.
 fn shape(index: u64) -> TaskTemplate {
     let mut rng = SplitMix64(index);
-    let name = |step: u64| format!("s{step:02}");
+    let name = step_name;
     let mut template = TaskTemplate::new("worker_pool", format!("shape_{index:02}"), "1");
     for step in 0..1 + rng.below(MAX_STEPS) {
         let parents = match rng.below(6) {
@@ -353,8 +218,8 @@ fn shape(index: u64) -> TaskTemplate {
 
 /// Whether this attempt of the step fails: the same answer for the same step
 /// and attempt, whichever worker runs it.
-fn fails(step: &ClaimedStep, fail_rate: f64) -> bool {
-    let mut rng = SplitMix64(step.workflow_step_id as u64 ^ (u64::from(step.attempt as u32) << 48));
+fn fails(workflow_step_id: i64, attempt: i32, fail_rate: f64) -> bool {
+    let mut rng = SplitMix64(workflow_step_id as u64 ^ (u64::from(attempt as u32) << 48));
     // The top 53 bits as a fraction in [0, 1).
     let unit = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
     unit < fail_rate
@@ -378,7 +243,7 @@ impl SplitMix64 {
 }
 
 struct Options {
-    workers: u32,
+    workers: usize,
     tasks: usize,
     fail_rate: f64,
     /// The simulated work of one step.

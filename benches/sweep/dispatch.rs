@@ -30,6 +30,7 @@ use serde_json::json;
 use tasker_diesel::migrations::run_pending_migrations;
 use tasker_diesel::pool::{pool_builder, PgPool};
 use tasker_diesel::testing::url_with_database;
+use tasker_diesel::worker::{Handlers, StepFailure, Worker};
 use tasker_diesel::workflow::{
     claim_ready_steps, complete_step, create_tasks, report_and_claim, wait_for_claimable_work,
     Claim, ClaimRequest, StepReport, StepTemplate, TaskRequest, TaskTemplate,
@@ -93,13 +94,19 @@ enum Calls {
     OneByOne,
     /// `report_and_claim` of [`BATCH`] steps, reporting the previous ones.
     Batched,
+    /// The worker runtime (`tasker_diesel::worker`), [`BATCH`] steps per
+    /// call, its sweeper finalizing the tasks or not.
+    Runtime { finalize: bool },
 }
 
 impl Calls {
     fn functions(self) -> &'static [&'static str] {
         match self {
             Calls::OneByOne => &["claim_ready_steps", "complete_step"],
-            Calls::Batched => &["report_and_claim"],
+            Calls::Batched | Calls::Runtime { finalize: false } => &["report_and_claim"],
+            Calls::Runtime { finalize: true } => {
+                &["report_and_claim", "tasker_finalize_settled_tasks"]
+            }
         }
     }
 }
@@ -128,6 +135,10 @@ pub fn run(server_url: &str, only: &[String]) -> BoxResult<Vec<DispatchResult>> 
             match calls {
                 Calls::OneByOne => "claim_ready_steps (1 step) + complete_step",
                 Calls::Batched => "report_and_claim (10 steps per call)",
+                Calls::Runtime { finalize: false } =>
+                    "the worker runtime (10 steps per call), tasks left unfinalized as in W7b",
+                Calls::Runtime { finalize: true } =>
+                    "the worker runtime (10 steps per call), its sweeper finalizing every task",
             }
         ),
         templates: vec![&single],
@@ -160,6 +171,8 @@ pub fn run(server_url: &str, only: &[String]) -> BoxResult<Vec<DispatchResult>> 
         job_queue("W7b-1", 5_000, 1, Calls::Batched),
         job_queue("W7j", 8_000, 4, Calls::OneByOne),
         job_queue("W7b", 30_000, 4, Calls::Batched),
+        job_queue("W7r", 30_000, 4, Calls::Runtime { finalize: false }),
+        job_queue("W7rf", 30_000, 4, Calls::Runtime { finalize: true }),
         Workload {
             id: "W7m",
             description: "400 tasks of the dataset's five shapes (17,280 steps), 4 workers, \
@@ -311,27 +324,37 @@ fn throughput(server_url: &str, workload: &Workload<'_>) -> BoxResult<DispatchRe
     let before = counters(&mut conn)?;
 
     let pool = pool_builder()
-        .max_size(workload.workers as u32)
+        .max_size(workload.workers as u32 + 2)
         .build(diesel::r2d2::ConnectionManager::new(url.as_str()))?;
-    let done = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let only = workload.own_tasks_only.then(|| task_ids.clone());
-    let handles: Vec<_> = (0..workload.workers)
-        .map(|_| {
-            let pool = pool.clone();
-            let done = Arc::clone(&done);
-            let only = only.clone();
-            let calls = workload.calls;
-            thread::spawn(move || worker(&pool, calls, only.as_deref(), &done, expected, started))
-        })
-        .collect();
-    let mut completed = Vec::new();
-    let mut last = Duration::ZERO;
-    for handle in handles {
-        let (steps, finished) = handle.join().map_err(|_| "a dispatch worker panicked")??;
-        completed.extend(steps);
-        last = last.max(finished);
-    }
+    let (completed, last) = match workload.calls {
+        Calls::Runtime { finalize } => {
+            through_runtime(&pool, workload.workers, finalize, expected)?
+        }
+        calls => {
+            let done = Arc::new(AtomicUsize::new(0));
+            let started = Instant::now();
+            let only = workload.own_tasks_only.then(|| task_ids.clone());
+            let handles: Vec<_> = (0..workload.workers)
+                .map(|_| {
+                    let pool = pool.clone();
+                    let done = Arc::clone(&done);
+                    let only = only.clone();
+                    thread::spawn(move || {
+                        worker(&pool, calls, only.as_deref(), &done, expected, started)
+                    })
+                })
+                .collect();
+            let mut completed = Vec::new();
+            let mut last = Duration::ZERO;
+            for handle in handles {
+                let (steps, finished) =
+                    handle.join().map_err(|_| "a dispatch worker panicked")??;
+                completed.extend(steps);
+                last = last.max(finished);
+            }
+            (completed, last)
+        }
+    };
     drop(pool);
     let after = counters(&mut conn)?;
     drop(conn);
@@ -409,7 +432,7 @@ fn worker(
     let lease = Duration::from_secs(300);
     let max_steps = match calls {
         Calls::OneByOne => 1,
-        Calls::Batched => BATCH,
+        Calls::Batched | Calls::Runtime { .. } => BATCH,
     };
     let request = ClaimRequest {
         task_ids: only,
@@ -434,6 +457,7 @@ fn worker(
                 }
                 claimed.len()
             }
+            Calls::Runtime { .. } => return Err("the runtime runs its own threads".into()),
             Calls::Batched => {
                 let reports: Vec<StepReport<'_>> = held
                     .iter()
@@ -468,6 +492,54 @@ fn worker(
         }
     }
     Ok((completed, last))
+}
+
+/// W7r: the one-step tasks through the worker runtime, with a handler that
+/// returns at once; until `expected` steps are complete (the runtime's
+/// counter) or the time limit. Returns the steps the handler ran and when the
+/// last one was reported.
+fn through_runtime(
+    pool: &PgPool,
+    threads: usize,
+    finalize: bool,
+    expected: usize,
+) -> BoxResult<(Vec<i64>, Duration)> {
+    let ran = Arc::new(Mutex::new(Vec::with_capacity(expected)));
+    let handlers = {
+        let ran = Arc::clone(&ran);
+        Handlers::new().on("run", move |step| {
+            ran.lock()
+                .map_err(|_| StepFailure::retryable("lock"))?
+                .push(step.workflow_step_id());
+            Ok(json!({"ok": true}))
+        })
+    };
+    let started = Instant::now();
+    let worker = Worker::builder(pool.clone(), handlers)
+        .threads(threads)
+        .batch(BATCH)
+        .lease(Duration::from_secs(300))
+        .finalize_tasks(finalize)
+        .build()?
+        .start();
+    let mut last = Duration::ZERO;
+    let mut seen = 0;
+    while started.elapsed() < TIME_LIMIT {
+        let completed = worker.stats().completed;
+        if completed as usize != seen {
+            (seen, last) = (completed as usize, started.elapsed());
+        }
+        if seen >= expected {
+            break;
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+    let summary = worker.shutdown(Duration::from_secs(10));
+    if let Some(error) = summary.errors.first() {
+        return Err(format!("the worker runtime failed: {error}").into());
+    }
+    let ran = std::mem::take(&mut *ran.lock().map_err(|_| "poisoned")?);
+    Ok((ran, last))
 }
 
 /// W10: chains of 50 steps run by 4 workers that sleep while idle; the time

@@ -84,6 +84,12 @@ pub fn targets(dispatch: &[DispatchResult], peers: &[PeerResult]) -> Vec<TargetC
         "",
         rate_ratio(dispatch, "W7m", "W7b"),
     ));
+    checks.push(check(
+        "W7r (the worker runtime) ÷ W7b (report_and_claim by hand), one-step tasks".into(),
+        Bound::AtLeast(0.9),
+        "",
+        rate_ratio(dispatch, "W7r", "W7b"),
+    ));
     for (id, what) in [("W8", "fan-in parents"), ("W9", "one wide task")] {
         checks.push(check(
             format!("{id} ({what}): 8 workers ÷ 1 worker"),

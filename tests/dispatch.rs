@@ -915,3 +915,194 @@ fn a_rebuild_racing_with_steps_added_by_other_writers_counts_each_once() {
     adding.join().expect("adder thread").expect("second step");
     assert_maintained_readiness(&mut conn, Some(&[task_id]));
 }
+
+#[test]
+fn a_permanent_failure_is_not_retried_and_blocks_its_task() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 2);
+    let claimed = claim_any(&mut conn, 2);
+    let error = json!({"message": "card declined"});
+    let results = json!({});
+    let reported = report_steps(
+        &mut conn,
+        &[
+            StepReport::fail_permanently(claimed[0].claim(), &error),
+            StepReport::complete(claimed[1].claim(), &results),
+        ],
+    )
+    .expect("report");
+    assert!(reported.iter().all(|r| r.result.is_ok()), "{reported:?}");
+    let failed = step_row(&mut conn, claimed[0].workflow_step_id);
+    assert!(!failed.retryable && !failed.retry_eligible && !failed.runnable);
+    // A retryable failure of the same kind stays retryable (the flag is per report).
+    assert!(step_row(&mut conn, claimed[1].workflow_step_id).retryable);
+    assert!(
+        claim_any(&mut conn, 5).is_empty(),
+        "a permanent failure is never claimed again"
+    );
+    let context = TaskExecutionContext::find(&mut conn, fixture.task.task_id)
+        .expect("context")
+        .expect("a task");
+    assert_eq!(
+        format!("{:?}", context.execution_status),
+        "BlockedByFailures"
+    );
+    assert_maintained_readiness(&mut conn, None);
+}
+
+#[test]
+fn a_release_gives_the_step_back_at_once_without_counting_the_attempt() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    task_with_steps(&mut conn, 3);
+    let claimed = claim_any(&mut conn, 3);
+    let reason = json!({"message": "shutting down"});
+    let results = json!({"done": true});
+    let reported = report_steps(
+        &mut conn,
+        &[
+            StepReport::release(claimed[0].claim(), &reason),
+            StepReport::complete(claimed[1].claim(), &results),
+            StepReport::release(claimed[2].claim(), &reason),
+        ],
+    )
+    .expect("report");
+    assert!(reported.iter().all(|r| r.result.is_ok()), "{reported:?}");
+    for released in [&claimed[0], &claimed[2]] {
+        let history: Vec<(StepState, Option<StepState>)> =
+            support::step_transitions(&mut conn, released.workflow_step_id)
+                .iter()
+                .map(|t| (t.to_state, t.from_state))
+                .collect();
+        assert_eq!(
+            history[history.len() - 2..],
+            [
+                (StepState::Error, Some(StepState::InProgress)),
+                (StepState::Pending, Some(StepState::Error)),
+            ]
+        );
+        let row = step_row(&mut conn, released.workflow_step_id);
+        assert_eq!(row.attempts.unwrap_or(0), 0, "the attempt is given back");
+        assert!(row.runnable && row.next_retry_at.is_none(), "no backoff");
+    }
+    assert_maintained_readiness(&mut conn, None);
+    // Claimable at once, as a first attempt again.
+    let again = claim_any(&mut conn, 3);
+    assert_eq!(
+        again
+            .iter()
+            .map(|s| (s.workflow_step_id, s.attempt))
+            .collect::<Vec<_>>(),
+        [
+            (claimed[0].workflow_step_id, 1),
+            (claimed[2].workflow_step_id, 1)
+        ]
+    );
+    // The release of a claim given back already is the same release.
+    let twice = report_steps(
+        &mut conn,
+        &[StepReport::release(claimed[0].claim(), &reason)],
+    )
+    .expect("report");
+    assert_eq!(twice[0].result, reported[0].result);
+}
+
+#[test]
+fn a_result_reported_twice_under_one_claim_is_the_first_result() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    task_with_steps(&mut conn, 2);
+    let claimed = claim_any(&mut conn, 2);
+    let results = json!({"n": 1});
+    let error = json!({"message": "failed"});
+    let first = tasker_diesel::workflow::complete_step(&mut conn, claimed[0].claim(), &results)
+        .expect("complete");
+    let before = snapshot(&mut conn);
+    let again = tasker_diesel::workflow::complete_step(&mut conn, claimed[0].claim(), &results)
+        .expect("the same result again");
+    assert_eq!(again.id, first.id);
+    support::assert_nothing_written(&before, &snapshot(&mut conn), "a repeated completion");
+    // Another result under that claim is lost, as is a failure after it.
+    let other = json!({"n": 2});
+    assert!(matches!(
+        support::refusal(tasker_diesel::workflow::complete_step(
+            &mut conn,
+            claimed[0].claim(),
+            &other
+        )),
+        Refusal::ClaimLost { .. }
+    ));
+    assert!(matches!(
+        support::refusal(tasker_diesel::workflow::fail_step(
+            &mut conn,
+            claimed[0].claim(),
+            &error,
+            None
+        )),
+        Refusal::ClaimLost { .. }
+    ));
+    // A failure repeated is the first failure, in a batch too.
+    let failed = fail_steps(&mut conn, &[(claimed[1].claim(), &error, None)]).expect("fail");
+    let repeated = fail_steps(&mut conn, &[(claimed[1].claim(), &error, None)]).expect("fail");
+    assert_eq!(failed, repeated);
+    assert!(failed[0].result.is_ok());
+}
+
+#[test]
+fn a_claim_takes_only_the_step_kinds_it_names() {
+    use tasker_diesel::workflow::StepKind;
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = task_with_steps(&mut conn, 3);
+    let ids = fixture.step_ids();
+    let only_second = [StepKind::named("step_1")];
+    let claimed = claim_ready_steps(
+        &mut conn,
+        &ClaimRequest::any_task(5, LEASE).only(&only_second),
+    )
+    .expect("claim");
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|s| s.workflow_step_id)
+            .collect::<Vec<_>>(),
+        [ids[1]]
+    );
+    // Scoped to another task template: none; to this one: the step.
+    let elsewhere = [StepKind::named("step_0").in_task("other", "process_order")];
+    let request = ClaimRequest::any_task(5, LEASE).only(&elsewhere);
+    assert!(claim_ready_steps(&mut conn, &request)
+        .expect("claim")
+        .is_empty());
+    // The fixture's template: default/process_order 1.0.0.
+    let here = [StepKind::named("step_0")
+        .in_task("default", "process_order")
+        .version("1.0.0")];
+    let claimed =
+        claim_ready_steps(&mut conn, &ClaimRequest::any_task(5, LEASE).only(&here)).expect("claim");
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|s| s.workflow_step_id)
+            .collect::<Vec<_>>(),
+        [ids[0]]
+    );
+    // No kinds: nothing; the step of no named kind stays.
+    let none: [StepKind; 0] = [];
+    let nothing = ClaimRequest::any_task(5, LEASE).only(&none);
+    assert!(claim_ready_steps(&mut conn, &nothing)
+        .expect("claim")
+        .is_empty());
+    assert_eq!(claim_any(&mut conn, 5).len(), 1);
+    // A filter of another shape is refused, naming its shape.
+    let refused = diesel::sql_query(
+        "SELECT * FROM claim_ready_steps(NULL, 1, 10, '{}', '[{\"name\": \"step_0\"}]')",
+    )
+    .execute(&mut conn)
+    .map_err(Error::from);
+    assert!(
+        matches!(&refused, Err(Error::Refused(Refusal::InvalidArgument { message })) if message.contains("step filter")),
+        "{refused:?}"
+    );
+}

@@ -143,7 +143,7 @@ END;
 $$;
 
 DROP FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb, jsonb);
-DROP FUNCTION tasker_step_wanted(integer, bigint, integer[], bigint[]);
+DROP FUNCTION tasker_step_in_scope(integer, bigint, bigint[]);
 DROP FUNCTION tasker_step_filter_keys(jsonb);
 CREATE FUNCTION claim_ready_steps(
     task_ids bigint[],

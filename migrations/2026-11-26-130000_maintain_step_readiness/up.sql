@@ -1161,28 +1161,20 @@ COMMENT ON FUNCTION tasker_step_filter_keys(jsonb) IS
     'Resolves a claim''s step filter, a JSON array of {"step": name, "namespace": ..., "task": ..., "version": ...} (all but step optional), into the named steps taken from any task (any_task) and the pairs taken from some tasks only (scoped: named_task_id << 32 | named_step_id). Refused (invalid_argument) when it has another shape.';
 
 -- PL/pgSQL: a SQL function with a subquery is not inlined, and each call of one plans
--- its statement again. Callers test "no filter" first (any_task IS NULL OR ...), which
--- spares unfiltered claims the call.
-CREATE FUNCTION tasker_step_wanted(
-    named_step_id integer,
-    task_id bigint,
-    any_task integer[],
-    scoped bigint[]
-)
+-- its statement again. Claims call it only for a step that no unscoped kind of their
+-- filter takes, and only when the filter has scoped kinds.
+CREATE FUNCTION tasker_step_in_scope(named_step_id integer, task_id bigint, scoped bigint[])
 RETURNS boolean
 LANGUAGE plpgsql STABLE
 AS $$
 BEGIN
-    RETURN any_task IS NULL
-        OR named_step_id = ANY (any_task)
-        OR (cardinality(scoped) > 0
-            AND ((SELECT t.named_task_id FROM tasker_tasks AS t
-                   WHERE t.task_id = tasker_step_wanted.task_id)::bigint << 32
-                 | named_step_id) = ANY (scoped));
+    RETURN ((SELECT t.named_task_id FROM tasker_tasks AS t
+              WHERE t.task_id = tasker_step_in_scope.task_id)::bigint << 32
+            | named_step_id) = ANY (scoped);
 END;
 $$;
-COMMENT ON FUNCTION tasker_step_wanted(integer, bigint, integer[], bigint[]) IS
-    'Whether a claim whose step filter resolved to any_task and scoped (tasker_step_filter_keys; any_task NULL: no filter) takes a step of named step named_step_id in task task_id.';
+COMMENT ON FUNCTION tasker_step_in_scope(integer, bigint, bigint[]) IS
+    'Whether a step of named step named_step_id in task task_id is of one of the task-scoped kinds of a claim''s step filter (scoped, from tasker_step_filter_keys).';
 
 -- The step filter is a new last argument: the signature of migration 120000 goes.
 DROP FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb);
@@ -1245,8 +1237,9 @@ BEGIN
               AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
                              WHERE t.task_id = step.task_id AND t.most_recent),
                            'pending') IN ('pending', 'in_progress')
-              AND (any_task IS NULL
-                   OR tasker_step_wanted(step.named_step_id, step.task_id, any_task, scoped))
+              AND (any_task IS NULL OR step.named_step_id = ANY (any_task)
+                   OR (cardinality(scoped) > 0
+                       AND tasker_step_in_scope(step.named_step_id, step.task_id, scoped)))
             ORDER BY step.task_id, step.workflow_step_id
             LIMIT max_steps
             FOR NO KEY UPDATE OF step SKIP LOCKED
@@ -1268,8 +1261,9 @@ BEGIN
                   AND step.runnable
                   AND coalesce(step.next_retry_at, '-infinity'::timestamp)
                       <= (now() AT TIME ZONE 'UTC')
-                  AND (any_task IS NULL
-                   OR tasker_step_wanted(step.named_step_id, step.task_id, any_task, scoped))
+                  AND (any_task IS NULL OR step.named_step_id = ANY (any_task)
+                   OR (cardinality(scoped) > 0
+                       AND tasker_step_in_scope(step.named_step_id, step.task_id, scoped)))
                 ORDER BY step.workflow_step_id
                 LIMIT max_steps - coalesce(cardinality(locked), 0)
                 FOR NO KEY UPDATE OF step SKIP LOCKED

@@ -1106,3 +1106,46 @@ fn a_claim_takes_only_the_step_kinds_it_names() {
         "{refused:?}"
     );
 }
+
+#[test]
+fn finalize_settled_tasks_finalizes_the_settled_tasks_in_progress_of_whoever_ran_them() {
+    use tasker_diesel::workflow::finalize_settled_tasks;
+    use tasker_diesel::TaskState;
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let first = task_with_steps(&mut conn, 1).task.task_id;
+    let second = task_with_steps(&mut conn, 1).task.task_id;
+    let unfinished = task_with_steps(&mut conn, 2).task.task_id;
+    let claimed = claim_any(&mut conn, 4);
+    let results = json!({});
+    let done: Vec<(Claim, &serde_json::Value)> = claimed
+        .iter()
+        .filter(|s| s.task_id != unfinished || s.workflow_step_id == claimed[2].workflow_step_id)
+        .map(|s| (s.claim(), &results))
+        .collect();
+    complete_steps(&mut conn, &done).expect("complete");
+    // Among the given tasks only.
+    let finalized =
+        finalize_settled_tasks(&mut conn, 10, Some(&[second, unfinished]), None).expect("finalize");
+    assert_eq!(
+        finalized
+            .iter()
+            .map(|f| (f.task_id, f.task_state))
+            .collect::<Vec<_>>(),
+        [(second, TaskState::Complete)]
+    );
+    // All of them, at most max_tasks per call.
+    let finalized = finalize_settled_tasks(&mut conn, 10, None, None).expect("finalize");
+    assert_eq!(
+        finalized.iter().map(|f| f.task_id).collect::<Vec<_>>(),
+        [first],
+        "the task with a step in progress is not settled"
+    );
+    assert!(finalize_settled_tasks(&mut conn, 10, None, None)
+        .expect("finalize")
+        .is_empty());
+    assert!(matches!(
+        support::refusal(finalize_settled_tasks(&mut conn, 0, None, None)),
+        Refusal::InvalidArgument { .. }
+    ));
+}

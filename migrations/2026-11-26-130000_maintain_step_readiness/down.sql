@@ -4,9 +4,9 @@
 DROP FUNCTION tasker_rebuild_readiness(bigint[]);
 DROP FUNCTION tasker_readiness_drift(bigint[]);
 
-DROP FUNCTION tasker_finalize_settled_tasks(integer, jsonb);
+DROP FUNCTION tasker_finalize_settled_tasks(integer, jsonb, bigint[]);
 DROP FUNCTION tasker_step_work_inputs(bigint[]);
-DROP FUNCTION tasker_settled_tasks(bigint, integer);
+DROP FUNCTION tasker_settled_tasks(bigint, integer, bigint[]);
 DROP INDEX tasker_task_transitions_in_progress_idx;
 DROP FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb, boolean[], jsonb);
 CREATE OR REPLACE FUNCTION fail_step(

@@ -1797,7 +1797,11 @@ CREATE INDEX tasker_task_transitions_in_progress_idx
     ON tasker_task_transitions (task_id)
     WHERE most_recent AND to_state = 'in_progress';
 
-CREATE FUNCTION tasker_settled_tasks(after_task_id bigint, max_tasks integer)
+CREATE FUNCTION tasker_settled_tasks(
+    after_task_id bigint,
+    max_tasks integer,
+    among bigint[] DEFAULT NULL
+)
 RETURNS SETOF bigint
 LANGUAGE sql STABLE
 AS $$
@@ -1807,6 +1811,8 @@ AS $$
     WHERE active.most_recent
       AND active.to_state = 'in_progress'
       AND active.task_id > coalesce(after_task_id, 0)
+      -- Filtered before the context is read: only these tasks' contexts are.
+      AND (among IS NULL OR active.task_id = ANY (among))
       -- What finalize_task finalizes: every step complete, or blocked with no failed
       -- step that has a retry left (such a step is runnable).
       AND (context.execution_status = 'all_complete'
@@ -1816,10 +1822,14 @@ AS $$
     ORDER BY active.task_id
     LIMIT max_tasks
 $$;
-COMMENT ON FUNCTION tasker_settled_tasks(bigint, integer) IS
-    'Up to max_tasks tasks in progress with an id above after_task_id (NULL: 0) that finalize_task would finalize now (all steps complete, or blocked by failures with no retry left), in id order. Cost: a walk of tasker_task_transitions_in_progress_idx (tasks in progress only) with the execution context of each task walked, until max_tasks are found.';
+COMMENT ON FUNCTION tasker_settled_tasks(bigint, integer, bigint[]) IS
+    'Up to max_tasks tasks in progress with an id above after_task_id (NULL: 0), and among the given ones (NULL: any), that finalize_task would finalize now (all steps complete, or blocked by failures with no retry left), in id order. Cost: a walk of tasker_task_transitions_in_progress_idx (tasks in progress only, one index entry each) with the execution context of each candidate, until max_tasks are found.';
 
-CREATE FUNCTION tasker_finalize_settled_tasks(max_tasks integer, metadata jsonb DEFAULT '{}')
+CREATE FUNCTION tasker_finalize_settled_tasks(
+    max_tasks integer,
+    metadata jsonb DEFAULT '{}',
+    among bigint[] DEFAULT NULL
+)
 RETURNS TABLE (task_id bigint, task_state tasker_task_state)
 LANGUAGE plpgsql
 AS $$
@@ -1832,7 +1842,7 @@ BEGIN
                    coalesce(max_tasks::text, 'NULL')),
             jsonb_build_object('max_tasks', max_tasks));
     END IF;
-    FOR settled IN SELECT s FROM tasker_settled_tasks(0, max_tasks) AS s LOOP
+    FOR settled IN SELECT s FROM tasker_settled_tasks(0, max_tasks, among) AS s LOOP
         BEGIN
             task_state := finalize_task(settled, metadata);
             task_id := settled;
@@ -1845,8 +1855,8 @@ BEGIN
     END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION tasker_finalize_settled_tasks(integer, jsonb) IS
-    'Finalizes (finalize_task) up to max_tasks tasks that tasker_settled_tasks finds, lowest id first, and returns each with the state it was finalized to; a task that changed in between is passed over. For a sweeper that finalizes tasks whoever ran their last step: call it until it returns fewer than max_tasks rows. Cost: that of tasker_settled_tasks plus finalize_task per task.';
+COMMENT ON FUNCTION tasker_finalize_settled_tasks(integer, jsonb, bigint[]) IS
+    'Finalizes (finalize_task) up to max_tasks tasks that tasker_settled_tasks finds (among the given ones, NULL: any), lowest id first, and returns each with the state it was finalized to; a task that changed in between is passed over. For a sweeper that finalizes tasks whoever ran their last step: call it until it returns fewer than max_tasks rows. Cost: that of tasker_settled_tasks plus finalize_task per task.';
 
 -- Check and repair ---------------------------------------------------------------------
 

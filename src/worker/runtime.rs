@@ -156,7 +156,7 @@ impl WorkerBuilder {
                 stopping: AtomicBool::new(false),
                 deadline: Mutex::new(None),
                 background_stop: AtomicBool::new(false),
-                nudged: Mutex::new(false),
+                touched: Mutex::new(Vec::new()),
                 nudge: Condvar::new(),
                 errors: Mutex::new(Vec::new()),
             }),
@@ -184,8 +184,9 @@ struct Shared {
     deadline: Mutex<Option<Instant>>,
     /// Stops the heartbeat and the sweeper.
     background_stop: AtomicBool,
-    /// A report completed or failed steps: the sweeper may finalize tasks.
-    nudged: Mutex<bool>,
+    /// The tasks of steps that reports completed or failed since the sweeper
+    /// last looked: it finalizes those that are settled.
+    touched: Mutex<Vec<i64>>,
     nudge: Condvar,
     /// Errors that stopped a thread.
     errors: Mutex<Vec<String>>,
@@ -348,6 +349,7 @@ fn release_at_deadline(shared: &Shared, claims: &[Claim]) -> usize {
 /// A result to report, owned.
 struct Outcome {
     claim: Claim,
+    task_id: i64,
     /// The kind whose slot the step holds.
     entry: Option<usize>,
     result: OutcomeKind,
@@ -360,9 +362,10 @@ enum OutcomeKind {
 }
 
 impl Outcome {
-    fn release(claim: Claim, entry: Option<usize>, why: &str) -> Self {
+    fn release(step: &ClaimedStep, entry: Option<usize>, why: &str) -> Self {
         Outcome {
-            claim,
+            claim: step.claim(),
+            task_id: step.task_id,
             entry,
             result: OutcomeKind::Release(json!({ "message": why })),
         }
@@ -484,15 +487,17 @@ fn report_and_claim_more(
     let (reported, claimed) =
         with_retry(shared, conn, |c| report_and_claim(c, &reports, &request))?;
     drop(reports);
-    let mut settled_any = false;
+    let mut touched = Vec::new();
     for (outcome, reported) in outcomes.iter().zip(&reported) {
-        settled_any |= account(shared, outcome, reported);
+        if account(shared, outcome, reported) {
+            touched.push(outcome.task_id);
+        }
         finish(shared, outcome);
     }
     outcomes.clear();
-    if settled_any {
-        if let Ok(mut nudged) = shared.nudged.lock() {
-            *nudged = true;
+    if !touched.is_empty() && shared.config.finalize {
+        if let Ok(mut pending) = shared.touched.lock() {
+            pending.extend(touched);
             shared.nudge.notify_one();
         }
     }
@@ -571,12 +576,12 @@ fn prepare(
         match index {
             Some(index) if handlers.entries[index].try_hold() => steps.push((step, index)),
             Some(_) => outcomes.push(Outcome::release(
-                step.claim(),
+                &step,
                 None,
                 "this worker holds as many steps of the kind as its limit allows",
             )),
             None => outcomes.push(Outcome::release(
-                step.claim(),
+                &step,
                 None,
                 "this worker has no handler for the step",
             )),
@@ -592,11 +597,7 @@ fn run_batch(shared: &Shared, conn: &mut PgConnection, batch: &Batch, outcomes: 
     for (step, index) in &batch.steps {
         let claim = step.claim();
         if shared.stopping.load(Ordering::SeqCst) {
-            outcomes.push(Outcome::release(
-                claim,
-                Some(*index),
-                "worker shutting down",
-            ));
+            outcomes.push(Outcome::release(step, Some(*index), "worker shutting down"));
             continue;
         }
         let _span = info_span!(
@@ -640,6 +641,7 @@ fn run_batch(shared: &Shared, conn: &mut PgConnection, batch: &Batch, outcomes: 
         };
         outcomes.push(Outcome {
             claim,
+            task_id: step.task_id,
             entry: Some(*index),
             result,
         });
@@ -750,8 +752,11 @@ fn heartbeat(shared: &Shared) {
     }
 }
 
-/// Releases expired claims every `sweep_every`, and finalizes settled tasks
-/// when reports nudge it (and on every sweep).
+/// Releases expired claims every `sweep_every`; finalizes the settled tasks
+/// among those reports touched as they come (at most every
+/// `FINALIZE_PAUSE`), and every settled task in progress on every sweep (the
+/// tasks whose last step another process ran, or whose worker died between
+/// its report and this).
 fn sweep(shared: &Shared) {
     let config = &shared.config;
     let mut conn: Option<PooledPgConnection> = None;
@@ -762,28 +767,40 @@ fn sweep(shared: &Shared) {
                 warn!(%error, "releasing expired claims failed");
                 conn = None;
             }
+            if config.finalize {
+                if let Err(error) = finalize_settled(shared, &mut conn, None) {
+                    warn!(%error, "finalizing settled tasks failed");
+                    conn = None;
+                }
+            }
             swept_at = Some(Instant::now());
         }
-        if config.finalize {
-            if let Err(error) = finalize_all_settled(shared, &mut conn) {
-                warn!(%error, "finalizing settled tasks failed");
-                conn = None;
+        let mut touched = shared
+            .touched
+            .lock()
+            .map(|mut touched| std::mem::take(&mut *touched))
+            .unwrap_or_default();
+        if !touched.is_empty() {
+            touched.sort_unstable();
+            touched.dedup();
+            for chunk in touched.chunks(SWEEP_BATCH as usize) {
+                if let Err(error) = finalize_settled(shared, &mut conn, Some(chunk)) {
+                    warn!(%error, "finalizing settled tasks failed");
+                    conn = None;
+                }
             }
             pause(shared, FINALIZE_PAUSE);
         }
-        // Until a report nudges, or the next sweep is due.
-        let Ok(nudged) = shared.nudged.lock() else {
+        // Until a report touches tasks, or the next sweep is due.
+        let Ok(pending) = shared.touched.lock() else {
             return;
         };
         let wait = config
             .sweep_every
             .saturating_sub(swept_at.map_or(Duration::ZERO, |at| at.elapsed()));
-        let result = shared.nudge.wait_timeout_while(nudged, wait, |nudged| {
-            !*nudged && !shared.background_stop.load(Ordering::SeqCst)
+        let _ = shared.nudge.wait_timeout_while(pending, wait, |pending| {
+            pending.is_empty() && !shared.background_stop.load(Ordering::SeqCst)
         });
-        if let Ok((mut nudged, _)) = result {
-            *nudged = false;
-        }
     }
 }
 
@@ -802,11 +819,17 @@ fn release_all_expired(shared: &Shared, conn: &mut Option<PooledPgConnection>) -
     }
 }
 
-fn finalize_all_settled(shared: &Shared, conn: &mut Option<PooledPgConnection>) -> Result<()> {
+/// Finalizes the settled tasks in progress (`among` them), in calls of
+/// `SWEEP_BATCH` until fewer come back.
+fn finalize_settled(
+    shared: &Shared,
+    conn: &mut Option<PooledPgConnection>,
+    among: Option<&[i64]>,
+) -> Result<()> {
     let metadata = &shared.config.metadata;
     loop {
         let finalized = with_retry(shared, conn, |c| {
-            finalize_settled_tasks(c, SWEEP_BATCH, Some(metadata))
+            finalize_settled_tasks(c, SWEEP_BATCH, among, Some(metadata))
         })?;
         if !finalized.is_empty() {
             shared.counters.finalized(finalized.len());

@@ -2,7 +2,7 @@
 //! says there is nothing left to run.
 
 use diesel::pg::Pg;
-use diesel::sql_types::{BigInt, Integer, Jsonb, Nullable};
+use diesel::sql_types::{Array, BigInt, Integer, Jsonb, Nullable};
 use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde_json::Value;
 
@@ -57,13 +57,16 @@ pub struct FinalizedTask {
 /// Finalizes up to `max_tasks` tasks in progress that [`finalize_task`]
 /// would finalize now, whoever ran their last step
 /// (`tasker_finalize_settled_tasks`), lowest task id first; returns them.
-/// Call it until it returns fewer than `max_tasks`. It reads the tasks in
-/// progress only (an index of them), not the finished ones. `max_tasks` is
-/// at least 1 and at most `i32::MAX`; outside that it is refused with
+/// `among`: only of these tasks (those a worker just reported steps of,
+/// say); `None`: of all. Call it until it returns fewer than `max_tasks`. It
+/// walks an index of the tasks in progress only, not the finished ones, and
+/// reads the execution context of the candidates. `max_tasks` is at least 1
+/// and at most `i32::MAX`; outside that it is refused with
 /// [`crate::Refusal::InvalidArgument`].
 pub fn finalize_settled_tasks(
     conn: &mut PgConnection,
     max_tasks: u32,
+    among: Option<&[i64]>,
     metadata: Option<&Value>,
 ) -> Result<Vec<FinalizedTask>> {
     let max_tasks = i32::try_from(max_tasks).map_err(|_| crate::Refusal::InvalidArgument {
@@ -77,6 +80,7 @@ pub fn finalize_settled_tasks(
         (
             max_tasks.into_sql::<Integer>(),
             metadata.into_sql::<Nullable<Jsonb>>(),
+            among.into_sql::<Nullable<Array<BigInt>>>(),
         ),
     )
     .load(conn)?)

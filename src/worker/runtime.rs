@@ -401,7 +401,9 @@ fn work(shared: &Shared) {
                 Ok(c) => run_batch(shared, c, &claimed, &mut outcomes),
                 Err(error) => {
                     // Past the shutdown deadline with no connection: the claims are
-                    // released by the shutdown (or expire).
+                    // released below if the database comes back, else by the
+                    // shutdown (or they expire).
+                    batch = Some(claimed);
                     break Err(error);
                 }
             }
@@ -444,6 +446,14 @@ fn work(shared: &Shared) {
         if let Ok(c) = connected(shared, &mut conn) {
             let reason = json!({ "message": "worker thread stopped by an error" });
             let _ = release_steps(c, &held, &reason);
+        }
+        // Its kinds' slots go back to the other threads.
+        for outcome in &outcomes {
+            finish(shared, outcome);
+        }
+        for (step, index) in batch.iter().flat_map(|b| b.steps.iter()) {
+            shared.leases.finish(step.claim());
+            shared.handlers.entries[*index].release();
         }
     }
 }

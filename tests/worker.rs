@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use diesel::prelude::*;
 use diesel::r2d2::ConnectionManager;
 use diesel::sql_types::{BigInt, Text};
+use proptest::prelude::Rng as _;
+use proptest::test_runner::{RngAlgorithm, TestRng};
 use serde_json::json;
 use tasker_diesel::pool::{pool_builder, PgPool};
 use tasker_diesel::schema::{tasker_workflow_step_edges as edges, tasker_workflow_steps as steps};
@@ -104,31 +106,29 @@ impl Log {
     }
 }
 
-/// SplitMix64, for shapes and failures the same on every run.
-struct Rng(u64);
+/// Shapes and failures the same on every run: proptest's generator, seeded.
+struct Rng(TestRng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn seeded(seed: u64) -> Self {
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&seed.to_le_bytes());
+        Rng(TestRng::from_seed(RngAlgorithm::ChaCha, &bytes))
     }
 
     fn below(&mut self, bound: u64) -> u64 {
-        self.next() % bound
+        self.0.next_u64() % bound
     }
 
     fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
 
 /// A template of 1 to `max_steps` steps named s00.., each depending on up to
 /// two of the four before it.
 fn random_template(index: u64, max_steps: u64) -> TaskTemplate {
-    let mut rng = Rng(index);
+    let mut rng = Rng::seeded(index);
     let name = |step: u64| format!("s{step:02}");
     let mut template = TaskTemplate::new("worker_test", format!("shape_{index:02}"), "1");
     for step in 0..1 + rng.below(max_steps) {
@@ -223,7 +223,8 @@ fn the_runtime_runs_random_workflows_to_the_end_through_failures_panics_and_slow
             (log.clone(), parents.clone(), permanent_failures.clone());
         move |step: &StepContext<'_>| -> HandlerResult {
             log.run(step, &parents, || {
-                let mut rng = Rng(step.workflow_step_id() as u64 ^ ((step.attempt() as u64) << 40));
+                let mut rng =
+                    Rng::seeded(step.workflow_step_id() as u64 ^ ((step.attempt() as u64) << 40));
                 // The parents' results are there for every step that has parents.
                 let results = step.parent_results()?;
                 let roll = rng.unit();

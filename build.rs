@@ -1,11 +1,14 @@
 //! Rebuilds when a migration changes, and exposes a digest of the migrations
 //! (`TASKER_MIGRATIONS_DIGEST`) so the test harness can tell a template
-//! database migrated by an older set of files from a current one.
+//! database migrated by an older set of files from a current one. Writes the
+//! README's Rust examples to `OUT_DIR/readme_<n>.rs`, for the test that runs
+//! each of them (`tests/readme.rs`).
 
 use std::fs;
 use std::path::Path;
 
 fn main() {
+    readme_snippets();
     println!("cargo:rerun-if-changed=migrations");
     let mut files = Vec::new();
     collect(Path::new("migrations"), &mut files);
@@ -32,4 +35,30 @@ fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
             files.push(path);
         }
     }
+}
+
+/// Each ```` ```rust ```` block of the README, in order, as a file of its own.
+fn readme_snippets() {
+    println!("cargo:rerun-if-changed=README.md");
+    let out_dir = std::env::var("OUT_DIR").expect("OUT_DIR is set for build scripts");
+    // A package without its README (not one built from this repository) has no examples.
+    let readme = fs::read_to_string("README.md").unwrap_or_default();
+    let mut snippets: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in readme.lines() {
+        match current.as_mut() {
+            None if line.starts_with("```rust") => current = Some(String::new()),
+            None => {}
+            Some(_) if line.starts_with("```") => snippets.extend(current.take()),
+            Some(code) => {
+                code.push_str(line);
+                code.push('\n');
+            }
+        }
+    }
+    for (index, code) in snippets.iter().enumerate() {
+        let path = Path::new(&out_dir).join(format!("readme_{index}.rs"));
+        fs::write(path, code).expect("write a README example");
+    }
+    println!("cargo:rustc-env=TASKER_README_SNIPPETS={}", snippets.len());
 }

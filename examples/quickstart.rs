@@ -128,7 +128,7 @@ fn claim(conn: &mut PgConnection, task_id: i64) -> tasker_diesel::Result<Vec<Cla
 }
 
 /// Prints the readiness of every step and the task's execution context.
-fn show(conn: &mut PgConnection, task_id: i64, title: &str) -> diesel::QueryResult<()> {
+fn show(conn: &mut PgConnection, task_id: i64, title: &str) -> tasker_diesel::Result<()> {
     println!("\n== {title}");
     println!(
         "{:<14} {:<12} {:>7} {:>8} {:>5} {:>8}  next retry at (UTC)",

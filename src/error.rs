@@ -117,9 +117,24 @@ pub enum Refusal {
         task_id: i64,
         execution_status: ExecutionStatus,
     },
-    /// An argument out of its range (no steps to claim, a zero lease, ...).
+    /// The task is already finished (`complete`, `resolved_manually` or
+    /// `cancelled`): [`cancel_task`](crate::workflow::cancel_task) does not
+    /// cancel work that is done. An operator who means it moves the task with
+    /// [`transition_task`](crate::workflow::transition_task).
+    #[error("task {task_id} is already {state}: there is nothing left to cancel")]
+    TaskFinished { task_id: i64, state: TaskState },
+    /// An argument the call cannot take: out of its range (a zero or
+    /// 100-year lease, too many ids), or a value PostgreSQL cannot store (a
+    /// NUL character in text or JSON). Nothing was written; the message says
+    /// what the argument may be.
     #[error("{message}")]
-    InvalidArgument { message: String },
+    InvalidArgument {
+        /// The argument, as the Rust call or SQL function names it
+        /// (`lease`, `metadata`, `reports[3].payload`, ...).
+        #[serde(default)]
+        argument: String,
+        message: String,
+    },
 }
 
 /// What a caller should do about an [`Error`] ([`Error::kind`]).

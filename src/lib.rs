@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod arguments;
 mod call;
 pub mod enums;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod testing;
 pub mod worker;
 pub mod workflow;
 
+pub use arguments::{MAX_DURATION, MAX_IDS_PER_CALL};
 pub use bigdecimal::BigDecimal;
 pub use enums::{ExecutionStatus, HealthStatus, RecommendedAction, StepState, TaskState};
 pub use error::{Error, ErrorKind, IntegrityRule, Refusal, Result};

@@ -41,7 +41,7 @@ fn diamond() -> TaskTemplate {
             StepTemplate::new("ship")
                 .dependent_system("shipping")
                 .skippable(true)
-                .retry_limit(0)
+                .retry_limit(1)
                 .depends_on(["reserve_stock", "charge_card"]),
         )
 }
@@ -221,7 +221,7 @@ fn a_diamond_creates_catalog_task_steps_and_edges_with_only_the_root_ready() {
             ("validate".into(), (false, true, 3)),
             ("reserve_stock".into(), (false, true, 5)),
             ("charge_card".into(), (false, false, 3)),
-            ("ship".into(), (true, true, 0)),
+            ("ship".into(), (true, true, 1)),
         ])
     );
 
@@ -237,7 +237,7 @@ fn a_diamond_creates_catalog_task_steps_and_edges_with_only_the_root_ready() {
     assert_eq!(flags("validate"), (true, Some(3), false));
     assert_eq!(flags("reserve_stock"), (true, Some(5), false));
     assert_eq!(flags("charge_card"), (false, Some(3), false));
-    assert_eq!(flags("ship"), (true, Some(0), true));
+    assert_eq!(flags("ship"), (true, Some(1), true));
     assert_eq!(
         created.step("charge_card").unwrap().inputs,
         Some(json!({"amount_cents": 1999}))

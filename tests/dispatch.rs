@@ -149,7 +149,7 @@ fn a_batch_with_a_bad_argument_is_refused_whole_and_writes_nothing() {
         ],
     );
     assert!(
-        matches!(twice, Err(Error::Refused(Refusal::InvalidArgument { ref message }))
+        matches!(twice, Err(Error::Refused(Refusal::InvalidArgument { ref message, .. }))
             if message.contains("at most once")),
         "{twice:?}"
     );
@@ -1102,7 +1102,7 @@ fn a_claim_takes_only_the_step_kinds_it_names() {
     .execute(&mut conn)
     .map_err(Error::from);
     assert!(
-        matches!(&refused, Err(Error::Refused(Refusal::InvalidArgument { message })) if message.contains("step filter")),
+        matches!(&refused, Err(Error::Refused(Refusal::InvalidArgument { message, .. })) if message.contains("step filter")),
         "{refused:?}"
     );
 }

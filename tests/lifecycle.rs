@@ -277,10 +277,9 @@ fn cancelling_a_task_twice_is_refused_the_second_time() {
 
     assert_eq!(
         refusal(cancel_task(&mut conn, task_id, None)),
-        Refusal::IllegalTaskTransition {
+        Refusal::TaskFinished {
             task_id,
-            from: TaskState::Cancelled,
-            to: TaskState::Cancelled,
+            state: TaskState::Cancelled,
         }
     );
     assert_nothing_written(&before, &snapshot(&mut conn), "second cancel");

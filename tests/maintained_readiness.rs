@@ -446,7 +446,8 @@ fn create_case_tasks(
             |template, (s, step)| {
                 template.step(
                     StepTemplate::new(name(s))
-                        .retry_limit(step.retry_limit)
+                        // The crate refuses a limit of 0; another writer's is set below.
+                        .retry_limit(step.retry_limit.max(1))
                         .retryable(step.retryable)
                         .skippable(step.bypassed)
                         .depends_on(step.parents.iter().map(|&parent| name(parent))),
@@ -473,6 +474,17 @@ fn create_case_tasks(
                     .expect("created step")
             })
             .collect();
+        for (s, step) in spec.steps.iter().enumerate() {
+            if step.retry_limit == 0 {
+                execute(
+                    conn,
+                    &format!(
+                        "UPDATE tasker_workflow_steps SET retry_limit = 0 WHERE workflow_step_id = {}",
+                        ids[s]
+                    ),
+                );
+            }
+        }
         let mut extra: Vec<(i64, i64)> = Vec::new();
         for &(a, b) in &spec.extra_edges {
             let (from, to) = (a.min(b), a.max(b));

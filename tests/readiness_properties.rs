@@ -448,7 +448,7 @@ fn single_and_batch_forms_agree() {
 fn completion_percentage_rounds_like_the_reference() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    conn.test_transaction::<_, diesel::result::Error, _>(|conn| {
+    conn.test_transaction::<_, tasker_diesel::Error, _>(|conn| {
         let fixture = support::task_with_steps(conn, 32);
         let task = TaskInput {
             task_id: fixture.task.task_id,

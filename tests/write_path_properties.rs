@@ -127,7 +127,7 @@ struct Case {
 
 fn step_spec(index: usize, density: f64) -> impl Strategy<Value = StepSpec> {
     (
-        prop_oneof![1 => Just(0i32), 4 => 1i32..=3],
+        1i32..=3,
         prop::bool::weighted(0.75),
         prop::bool::weighted(0.3),
         any::<bool>(),
@@ -949,7 +949,7 @@ impl<'c> Run<'c> {
         let task_ids = self.task_ids.clone();
         let (now, rows, contexts) = self
             .conn
-            .transaction::<_, diesel::result::Error, _>(|conn| {
+            .transaction::<_, tasker_diesel::Error, _>(|conn| {
                 let now = support::utc_now(conn);
                 let rows = StepReadinessStatus::for_tasks(&task_ids).load(conn)?;
                 let contexts = TaskExecutionContext::find_many(conn, &task_ids)?;

@@ -196,7 +196,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
         "legacy view: step readiness WHERE task_id = $1 (as W1)".to_owned(),
         Kind::Legacy,
         |rng| rng.pick(&inputs.active_layered),
-        |conn, task| legacy::step_readiness(conn, task).map(drop),
+        |conn, task| Ok(legacy::step_readiness(conn, task).map(drop)?),
         |task| legacy::STEP_READINESS.replace("$1", &task.to_string()),
         &mut rng,
     )?;
@@ -205,7 +205,7 @@ pub fn run(url: &str, settings: &Settings, target_steps: u64) -> BoxResult<SizeR
         "legacy view: execution context WHERE task_id = $1 (as W4)".to_owned(),
         Kind::Legacy,
         |rng| rng.pick(&inputs.active_layered),
-        |conn, task| legacy::execution_context(conn, task).map(drop),
+        |conn, task| Ok(legacy::execution_context(conn, task).map(drop)?),
         |task| legacy::EXECUTION_CONTEXT.replace("$1", &task.to_string()),
         &mut rng,
     )?;
@@ -320,7 +320,7 @@ impl<'a> Workload<'a> {
         description: String,
         kind: Kind,
         mut draw: impl FnMut(&mut Rng) -> I,
-        mut call: impl FnMut(&mut PgConnection, I) -> diesel::QueryResult<()>,
+        mut call: impl FnMut(&mut PgConnection, I) -> tasker_diesel::Result<()>,
         explain: impl Fn(&I) -> String,
         rng: &mut Rng,
     ) -> BoxResult<()> {

@@ -459,7 +459,7 @@ BEGIN
         PERFORM tasker_refuse('invalid_argument',
             format('extend_step_claim needs lease_seconds >= 1, got %s',
                    coalesce(lease_seconds::text, 'NULL')),
-            jsonb_build_object('lease_seconds', lease_seconds));
+            jsonb_build_object('argument', 'lease_seconds', 'lease_seconds', lease_seconds));
     END IF;
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
     until := clock_timestamp() AT TIME ZONE 'UTC' + lease_seconds * interval '1 second';
@@ -505,7 +505,8 @@ BEGIN
     IF retry_after_seconds < 0 THEN
         PERFORM tasker_refuse('invalid_argument',
             format('fail_step needs retry_after_seconds >= 0 or NULL, got %s', retry_after_seconds),
-            jsonb_build_object('retry_after_seconds', retry_after_seconds));
+            jsonb_build_object('argument', 'retry_after_seconds',
+                               'retry_after_seconds', retry_after_seconds));
     END IF;
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
     -- The delay this failure asks for, or none; the next start clears it (see
@@ -561,6 +562,7 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     written tasker_task_transitions;
+    finished tasker_task_state;
 BEGIN
     -- Lock the task's unfinished steps first (processed ones are final), in id order
     -- (steps before their task), waiting for writers in flight (a worker completing a
@@ -570,6 +572,18 @@ BEGIN
     WHERE s.task_id = cancel_task.task_id AND NOT s.processed
     ORDER BY s.workflow_step_id
     FOR NO KEY UPDATE;
+    -- Then the task: a finalize that holds it commits first, and the state read next
+    -- sees it, so a late cancel refuses instead of overwriting the finalize.
+    PERFORM FROM tasker_tasks AS t WHERE t.task_id = cancel_task.task_id FOR NO KEY UPDATE;
+    SELECT t.to_state INTO finished FROM tasker_task_transitions AS t
+    WHERE t.task_id = cancel_task.task_id AND t.most_recent
+      AND t.to_state IN ('complete', 'resolved_manually', 'cancelled');
+    IF finished IS NOT NULL THEN
+        PERFORM tasker_refuse('task_finished',
+            format('task %s is already %s: there is nothing left to cancel',
+                   cancel_task.task_id, finished),
+            jsonb_build_object('task_id', cancel_task.task_id, 'state', finished));
+    END IF;
     written := transition_task(cancel_task.task_id, 'cancelled', metadata);
     PERFORM transition_workflow_step(step.workflow_step_id, 'cancelled', metadata)
     FROM (
@@ -584,7 +598,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION cancel_task(bigint, jsonb) IS
-    'Cancels a task and its pending and in-progress steps (a worker''s claim on a cancelled step is lost). Steps in error stay in error: the step state machine has no error -> cancelled move. Refusals as transition_task (an errored task cannot be cancelled: error -> cancelled is not a task move).';
+    'Cancels a task and its pending and in-progress steps (a worker''s claim on a cancelled step is lost). Steps in error stay in error: the step state machine has no error -> cancelled move. Refused (task_finished) for a task already complete, resolved_manually or cancelled, also when its finalize committed while this call waited for the task: cancelling stops work that is not done (transition_task moves a finished task to cancelled for an operator who means it). Other refusals as transition_task (an errored task cannot be cancelled: error -> cancelled is not a task move).';
 
 CREATE FUNCTION finalize_task(task_id bigint, metadata jsonb DEFAULT '{}')
 RETURNS tasker_task_state

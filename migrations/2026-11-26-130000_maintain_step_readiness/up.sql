@@ -1133,7 +1133,7 @@ BEGIN
                           OR jsonb_typeof(field.value) NOT IN ('string', 'null'))) THEN
         PERFORM tasker_refuse('invalid_argument',
             'a step filter is a JSON array of objects {"step": name} with optional "namespace", "task" and "version" strings',
-            jsonb_build_object('step_filter', step_filter));
+            jsonb_build_object('argument', 'step_filter', 'step_filter', step_filter));
     END IF;
     RETURN QUERY
     WITH kind AS (
@@ -1208,7 +1208,9 @@ BEGIN
         PERFORM tasker_refuse('invalid_argument',
             format('claim_ready_steps needs max_steps >= 1 and lease_seconds >= 1, got %s and %s',
                    coalesce(max_steps::text, 'NULL'), coalesce(lease_seconds::text, 'NULL')),
-            jsonb_build_object('max_steps', max_steps, 'lease_seconds', lease_seconds));
+            jsonb_build_object('argument', CASE WHEN max_steps IS NULL OR max_steps < 1
+                                                THEN 'max_steps' ELSE 'lease_seconds' END,
+                               'max_steps', max_steps, 'lease_seconds', lease_seconds));
     END IF;
     IF step_filter IS NOT NULL THEN
         SELECT keys.any_task, keys.scoped INTO any_task, scoped
@@ -1245,9 +1247,16 @@ BEGIN
             FOR NO KEY UPDATE OF step SKIP LOCKED
         ) AS candidate;
     ELSE
+        -- A task id costs one probe of the runnable index when its task has nothing to
+        -- claim (or does not exist), before anything else is read of it (OFFSET 0 keeps
+        -- the task's state check from being pushed below that probe).
         FOR wanted IN
             SELECT DISTINCT requested.task_id
-            FROM unnest(claim_ready_steps.task_ids) AS requested (task_id)
+            FROM (SELECT listed.task_id
+                  FROM unnest(claim_ready_steps.task_ids) AS listed (task_id)
+                  WHERE EXISTS (SELECT FROM tasker_workflow_steps AS step
+                                 WHERE step.task_id = listed.task_id AND step.runnable)
+                  OFFSET 0) AS requested
             WHERE coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
                              WHERE t.task_id = requested.task_id AND t.most_recent),
                            'pending') IN ('pending', 'in_progress')
@@ -1498,18 +1507,19 @@ BEGIN
                    coalesce(cardinality(payloads), 0),
                    coalesce(cardinality(retry_after_seconds)::text, 'no'),
                    coalesce(cardinality(permanent)::text, 'no')),
-            jsonb_build_object('steps', n));
+            jsonb_build_object('argument', 'workflow_step_ids', 'steps', n));
     END IF;
     IF EXISTS (SELECT FROM unnest(outcomes) AS o (outcome)
                 WHERE o.outcome IS NULL OR o.outcome NOT IN ('complete', 'error', 'pending')) THEN
         PERFORM tasker_refuse('invalid_argument',
             'report_steps takes the outcomes complete, error and pending (a release) only',
-            jsonb_build_object('outcomes', outcomes));
+            jsonb_build_object('argument', 'outcomes', 'outcomes', outcomes));
     END IF;
     IF (SELECT count(DISTINCT id) FROM unnest(workflow_step_ids) AS i (id)) <> n THEN
         PERFORM tasker_refuse('invalid_argument',
             'report_steps takes each workflow step at most once per call',
-            jsonb_build_object('workflow_step_ids', workflow_step_ids));
+            jsonb_build_object('argument', 'workflow_step_ids',
+                               'workflow_step_ids', workflow_step_ids));
     END IF;
     IF n = 0 THEN
         RETURN;
@@ -1563,7 +1573,7 @@ BEGIN
         ) AS recorded
         CROSS JOIN LATERAL (
             SELECT CASE WHEN i.retry_after < 0 THEN jsonb_build_object(
-                        'refusal', 'invalid_argument',
+                        'refusal', 'invalid_argument', 'argument', 'retry_after_seconds',
                         'message', format('a retry delay must be >= 0 seconds or none, got %s for workflow step %s',
                                           i.retry_after, i.workflow_step_id),
                         'workflow_step_id', i.workflow_step_id,
@@ -1840,7 +1850,7 @@ BEGIN
         PERFORM tasker_refuse('invalid_argument',
             format('tasker_finalize_settled_tasks needs max_tasks >= 1, got %s',
                    coalesce(max_tasks::text, 'NULL')),
-            jsonb_build_object('max_tasks', max_tasks));
+            jsonb_build_object('argument', 'max_tasks', 'max_tasks', max_tasks));
     END IF;
     FOR settled IN SELECT s FROM tasker_settled_tasks(0, max_tasks, among) AS s LOOP
         BEGIN

@@ -3,13 +3,14 @@
 use bigdecimal::BigDecimal;
 use diesel::pg::Pg;
 use diesel::sql_types::{Array, BigInt, Integer, Numeric};
-use diesel::{IntoSql, OptionalExtension, PgConnection, QueryResult, QueryableByName, RunQueryDsl};
+use diesel::{IntoSql, OptionalExtension, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use super::FunctionCall;
 use crate::enums::sql_types::{TaskerExecutionStatus, TaskerHealthStatus, TaskerRecommendedAction};
 use crate::enums::{ExecutionStatus, HealthStatus, RecommendedAction, TaskState};
 use crate::schema::sql_types::TaskerTaskState;
+use crate::{arguments, Result};
 
 /// One row of `get_task_execution_context`: where a task stands and what the
 /// orchestrator should do with it next.
@@ -52,21 +53,51 @@ pub struct TaskExecutionContext {
 }
 
 impl TaskExecutionContext {
+    /// Whether the task itself is finished: `Complete`, `ResolvedManually` or
+    /// `Cancelled`.
+    ///
+    /// The row's `execution_status`, `recommended_action` and
+    /// `health_status` describe the task's steps only, as the original
+    /// design defines them: a cancelled task, whose unfinished steps were
+    /// cancelled, reads `all_complete` / `finalize_task` although there is
+    /// nothing to finalize, and a complete task reads `finalize_task` too.
+    /// [`next_action`](Self::next_action) combines both.
+    pub fn is_finished(&self) -> bool {
+        matches!(
+            self.status,
+            TaskState::Complete | TaskState::ResolvedManually | TaskState::Cancelled
+        )
+    }
+
+    /// What to do with the task next, its own state taken into account:
+    /// `None` once it is finished ([`is_finished`](Self::is_finished)),
+    /// otherwise the row's `recommended_action`. A task in `Error` whose
+    /// failed steps were since resolved gets `FinalizeTask`, which
+    /// [`finalize_task`](crate::workflow::finalize_task) completes.
+    pub fn next_action(&self) -> Option<RecommendedAction> {
+        (!self.is_finished()).then_some(self.recommended_action)
+    }
+
     /// The context of one task (`get_task_execution_context`), `None` for an
     /// unknown task.
-    pub fn find(conn: &mut PgConnection, task_id: i64) -> QueryResult<Option<Self>> {
-        FunctionCall::new("get_task_execution_context", task_id.into_sql::<BigInt>())
-            .get_result(conn)
-            .optional()
+    pub fn find(conn: &mut PgConnection, task_id: i64) -> Result<Option<Self>> {
+        Ok(
+            FunctionCall::new("get_task_execution_context", task_id.into_sql::<BigInt>())
+                .get_result(conn)
+                .optional()?,
+        )
     }
 
     /// The contexts of the given tasks (`get_task_execution_contexts_batch`):
-    /// one per distinct existing task, ordered by `task_id`.
-    pub fn find_many(conn: &mut PgConnection, task_ids: &[i64]) -> QueryResult<Vec<Self>> {
-        FunctionCall::new(
+    /// one per distinct existing task, ordered by `task_id`. At most
+    /// [`MAX_IDS_PER_CALL`](crate::MAX_IDS_PER_CALL) ids; more are refused
+    /// with [`Refusal::InvalidArgument`](crate::Refusal::InvalidArgument).
+    pub fn find_many(conn: &mut PgConnection, task_ids: &[i64]) -> Result<Vec<Self>> {
+        arguments::ids("task_ids", task_ids.len())?;
+        Ok(FunctionCall::new(
             "get_task_execution_contexts_batch",
             task_ids.into_sql::<Array<BigInt>>(),
         )
-        .load(conn)
+        .load(conn)?)
     }
 }

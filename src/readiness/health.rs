@@ -2,10 +2,11 @@
 
 use diesel::pg::Pg;
 use diesel::sql_types::{BigInt, Integer};
-use diesel::{PgConnection, QueryResult, QueryableByName, RunQueryDsl};
+use diesel::{PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use super::FunctionCall;
+use crate::Result;
 
 /// Tasks and steps by current state (no transition counts as pending),
 /// failed steps by whether they may be retried, and connection usage.
@@ -57,6 +58,6 @@ pub struct SystemHealthCounts {
 /// The counts (`get_system_health_counts`). They cost a pass over the tasks,
 /// their current transitions and their maintained step counts (not over the
 /// steps): poll every few seconds, not per request.
-pub fn get_system_health_counts(conn: &mut PgConnection) -> QueryResult<SystemHealthCounts> {
-    FunctionCall::new("get_system_health_counts", ()).get_result(conn)
+pub fn get_system_health_counts(conn: &mut PgConnection) -> Result<SystemHealthCounts> {
+    Ok(FunctionCall::new("get_system_health_counts", ()).get_result(conn)?)
 }

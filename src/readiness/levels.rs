@@ -2,10 +2,11 @@
 
 use diesel::pg::Pg;
 use diesel::sql_types::{BigInt, Integer};
-use diesel::{IntoSql, PgConnection, QueryResult, QueryableByName, RunQueryDsl};
+use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use super::FunctionCall;
+use crate::Result;
 
 /// A step and its longest distance from a root of its task's DAG.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
@@ -23,6 +24,6 @@ pub struct DependencyLevel {
 pub fn calculate_dependency_levels(
     conn: &mut PgConnection,
     task_id: i64,
-) -> QueryResult<Vec<DependencyLevel>> {
-    FunctionCall::new("calculate_dependency_levels", task_id.into_sql::<BigInt>()).load(conn)
+) -> Result<Vec<DependencyLevel>> {
+    Ok(FunctionCall::new("calculate_dependency_levels", task_id.into_sql::<BigInt>()).load(conn)?)
 }

@@ -7,11 +7,12 @@
 
 use diesel::pg::Pg;
 use diesel::sql_types::{Array, BigInt, Nullable, Text};
-use diesel::{IntoSql, PgConnection, QueryResult, QueryableByName, RunQueryDsl};
+use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use super::FunctionCall;
 use crate::functions::tasker_rebuild_readiness;
+use crate::{arguments, Result};
 
 /// One maintained value that disagrees with a recount
 /// (`tasker_readiness_drift`).
@@ -39,19 +40,21 @@ pub struct ReadinessDrift {
 pub fn readiness_drift(
     conn: &mut PgConnection,
     task_ids: Option<&[i64]>,
-) -> QueryResult<Vec<ReadinessDrift>> {
+) -> Result<Vec<ReadinessDrift>> {
+    arguments::ids("task_ids", task_ids.map_or(0, <[i64]>::len))?;
     let task_ids = task_ids.map(<[i64]>::to_vec);
-    FunctionCall::new(
+    Ok(FunctionCall::new(
         "tasker_readiness_drift",
         task_ids.into_sql::<Nullable<Array<BigInt>>>(),
     )
-    .load(conn)
+    .load(conn)?)
 }
 
 /// Rebuilds the maintained readiness of `task_ids` (`None`: every task) from
 /// the transitions and edges, locking the steps in id order, and returns how
 /// many values or rows it corrected (0: there was no drift).
-pub fn rebuild_readiness(conn: &mut PgConnection, task_ids: Option<&[i64]>) -> QueryResult<i64> {
+pub fn rebuild_readiness(conn: &mut PgConnection, task_ids: Option<&[i64]>) -> Result<i64> {
+    arguments::ids("task_ids", task_ids.map_or(0, <[i64]>::len))?;
     let task_ids = task_ids.map(<[i64]>::to_vec);
-    diesel::select(tasker_rebuild_readiness(task_ids)).get_result(conn)
+    Ok(diesel::select(tasker_rebuild_readiness(task_ids)).get_result(conn)?)
 }

@@ -7,6 +7,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp,
 use diesel::{PgConnection, QueryResult, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
+use crate::arguments;
 use crate::enums::StepState;
 use crate::schema::sql_types::TaskerStepState;
 
@@ -203,9 +204,18 @@ impl StepReadinessQuery {
         self.with(Filter::InState(state))
     }
 
-    /// Runs the query.
-    pub fn load(self, conn: &mut PgConnection) -> QueryResult<Vec<StepReadinessStatus>> {
-        RunQueryDsl::load(self, conn)
+    /// Runs the query. An id list longer than
+    /// [`MAX_IDS_PER_CALL`](crate::MAX_IDS_PER_CALL) is refused with
+    /// [`Refusal::InvalidArgument`](crate::Refusal::InvalidArgument).
+    pub fn load(self, conn: &mut PgConnection) -> crate::Result<Vec<StepReadinessStatus>> {
+        match &self.source {
+            Source::Steps(ids) | Source::History(ids) => arguments::ids("step_ids", ids.len())?,
+            Source::Task { step_ids, .. } => {
+                arguments::ids("step_ids", step_ids.as_ref().map_or(0, Vec::len))?
+            }
+            Source::Tasks(ids) => arguments::ids("task_ids", ids.len())?,
+        }
+        Ok(RunQueryDsl::load(self, conn)?)
     }
 }
 

@@ -128,7 +128,7 @@ impl RoutedPool {
         let mut skipped = Vec::new();
         let count = inner.standbys.len();
         if count > 0 {
-            let deadline = Instant::now() + freshness.wait();
+            let deadline = crate::arguments::deadline_after(freshness.wait());
             let first = inner.next.fetch_add(1, Ordering::Relaxed);
             loop {
                 skipped.clear();
@@ -185,7 +185,7 @@ impl Inner {
 
     fn back_off(&self, standby: &Standby, reason: SkipReason) -> SkipReason {
         *standby.skip_until.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Instant::now() + self.retry_after);
+            Some(crate::arguments::deadline_after(self.retry_after));
         reason
     }
 }

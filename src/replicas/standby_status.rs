@@ -39,8 +39,8 @@ pub struct StandbyStatus {
 
 impl StandbyStatus {
     /// Reads the state of the node `conn` is connected to.
-    pub fn query(conn: &mut PgConnection) -> QueryResult<Self> {
-        CachedSql(include_str!("standby_status.sql")).get_result(conn)
+    pub fn query(conn: &mut PgConnection) -> crate::Result<Self> {
+        Ok(CachedSql(include_str!("standby_status.sql")).get_result(conn)?)
     }
 
     /// How far behind the primary the standby's data is, as far as the
@@ -94,7 +94,7 @@ impl StandbyStatus {
 /// after a WAL page header, the header is subtracted: the standby's replay
 /// position stops at the page boundary until more WAL comes, and would
 /// otherwise never reach the value on an idle primary.
-pub fn commit_lsn(conn: &mut PgConnection) -> QueryResult<Lsn> {
+pub fn commit_lsn(conn: &mut PgConnection) -> crate::Result<Lsn> {
     let position: InsertPosition = CachedSql(COMMIT_LSN).get_result(conn)?;
     Ok(position.end_of_last_record())
 }

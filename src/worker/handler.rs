@@ -57,7 +57,10 @@ impl StepFailure {
         }
     }
 
-    /// Asks that the next attempt wait at least `delay`.
+    /// Asks that the next attempt wait at least `delay` (at most
+    /// [`MAX_DURATION`](crate::MAX_DURATION), about 68 years: a longer delay
+    /// is taken as that; a failure that must never be retried is
+    /// [`StepFailure::permanent`]).
     pub fn retry_after(self, delay: Duration) -> Self {
         StepFailure {
             retry_after: Some(delay),

@@ -48,7 +48,7 @@ impl Leases {
             claim.workflow_step_id,
             Held {
                 claim,
-                expires: Instant::now() + self.lease,
+                expires: crate::arguments::deadline_after(self.lease),
                 released: false,
                 lost: false,
             },
@@ -82,7 +82,7 @@ impl Leases {
 
     /// The claims whose lease runs out within `margin`.
     pub fn due(&self, margin: Duration) -> Vec<Claim> {
-        let soon = Instant::now() + margin;
+        let soon = crate::arguments::deadline_after(margin);
         self.held()
             .values()
             .filter(|held| !held.released && !held.lost && held.expires <= soon)

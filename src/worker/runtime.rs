@@ -23,7 +23,7 @@ use crate::workflow::{
     report_and_claim, wait_for_claimable_work, Claim, ClaimRequest, ClaimedStep, ReportedStep,
     StepKind, StepReport,
 };
-use crate::{Error, Refusal, Result};
+use crate::{arguments, Error, Refusal, Result};
 
 /// Expired claims released, and settled tasks finalized, per sweeper call.
 const SWEEP_BATCH: u32 = 500;
@@ -110,11 +110,11 @@ impl WorkerBuilder {
     }
 
     /// Checks the configuration: at least one thread, handler and step per
-    /// batch, a lease of at least a second, and a pool with room for every
+    /// batch, a lease between a second and [`MAX_DURATION`](crate::MAX_DURATION), and a pool with room for every
     /// thread plus the heartbeat and the sweeper.
     pub fn build(self) -> Result<Worker> {
         let config = &self.config;
-        let needed = config.threads + 2;
+        let needed = config.threads.saturating_add(2);
         let problem = if config.threads == 0 {
             Some("threads must be at least 1".to_owned())
         } else if config.batch == 0 || config.batch > i32::MAX as u32 {
@@ -123,9 +123,10 @@ impl WorkerBuilder {
                 i32::MAX,
                 config.batch
             ))
-        } else if config.lease < Duration::from_secs(1) {
+        } else if config.lease < Duration::from_secs(1) || config.lease > crate::MAX_DURATION {
             Some(format!(
-                "lease must be at least 1 s, got {:?}",
+                "lease must be between 1 s and {} s, got {:?}",
+                crate::MAX_DURATION.as_secs(),
                 config.lease
             ))
         } else if self.handlers.entries.is_empty() {
@@ -142,6 +143,7 @@ impl WorkerBuilder {
         };
         if let Some(message) = problem {
             return Err(Refusal::InvalidArgument {
+                argument: "Worker::builder".to_owned(),
                 message: format!("Worker::build: {message}"),
             }
             .into());
@@ -285,7 +287,7 @@ impl WorkerHandle {
     /// left to finish it (its result is dropped). Returns what the worker did.
     pub fn shutdown(self, grace: Duration) -> Summary {
         let shared = &self.shared;
-        let deadline = Instant::now() + grace;
+        let deadline = arguments::deadline_after(grace);
         if let Ok(mut slot) = shared.deadline.lock() {
             *slot = Some(deadline);
         }
@@ -380,6 +382,37 @@ impl Outcome {
             OutcomeKind::Fail(failure) => StepReport::fail_permanently(self.claim, &failure.error),
             OutcomeKind::Release(reason) => StepReport::release(self.claim, reason),
         }
+    }
+}
+
+/// What a handler returned, made something the database takes, so that one
+/// step's result cannot cost its batch the report: results or an error that
+/// jsonb cannot hold (a NUL character) become a permanent failure that says
+/// so, and a delay beyond the longest the schema takes
+/// ([`MAX_DURATION`](crate::MAX_DURATION)) is that longest delay.
+fn storable(result: OutcomeKind) -> OutcomeKind {
+    let unstorable = |what: &str, problem: String| {
+        warn!(%problem, "a step handler returned {what} that cannot be stored");
+        OutcomeKind::Fail(StepFailure::permanent(json!({
+            "message": format!("the handler returned {what} that cannot be stored: it {problem}"),
+            "unstorable": true,
+        })))
+    };
+    match result {
+        OutcomeKind::Complete(results) => match arguments::json_problem(&results) {
+            Some(problem) => unstorable("results", problem),
+            None => OutcomeKind::Complete(results),
+        },
+        OutcomeKind::Fail(failure) => match arguments::json_problem(&failure.error) {
+            Some(problem) => unstorable("an error", problem),
+            None => OutcomeKind::Fail(StepFailure {
+                retry_after: failure
+                    .retry_after
+                    .map(|delay| delay.min(crate::MAX_DURATION)),
+                ..failure
+            }),
+        },
+        release @ OutcomeKind::Release(_) => release,
     }
 }
 
@@ -649,6 +682,7 @@ fn run_batch(shared: &Shared, conn: &mut PgConnection, batch: &Batch, outcomes: 
                 })))
             }
         };
+        let result = storable(result);
         outcomes.push(Outcome {
             claim,
             task_id: step.task_id,
@@ -667,6 +701,7 @@ fn connected<'c>(
     match conn {
         Some(c) => Ok(c),
         None => Err(Error::Refused(Refusal::InvalidArgument {
+            argument: "connection".to_owned(),
             message: "no connection".to_owned(),
         })),
     }
@@ -724,7 +759,7 @@ fn past_deadline(shared: &Shared) -> bool {
 
 /// Sleeps up to `time`, waking early when the background threads stop.
 fn pause(shared: &Shared, time: Duration) {
-    let until = Instant::now() + time;
+    let until = arguments::deadline_after(time);
     while !shared.background_stop.load(Ordering::SeqCst) {
         let now = Instant::now();
         if now >= until {

@@ -9,16 +9,18 @@ use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::pg::sql_types::Record;
 use diesel::pg::Pg;
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamp};
-use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::pg::PgValue;
+use diesel::{Connection, IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::call::FunctionCall;
 use crate::enums::StepState;
 use crate::functions;
 use crate::models::WorkflowStepTransition;
 use crate::schema::sql_types::TaskerStepState;
-use crate::{Error, Refusal, Result};
+use crate::{arguments, Error, Refusal, Result};
 
 /// Which steps to claim: how many, from which tasks, for how long.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -91,6 +93,22 @@ impl StepKind {
             && self.version.as_deref().is_none_or(|v| v == version)
     }
 
+    /// The kind as the SQL step filter takes it.
+    fn to_json(&self) -> Value {
+        let mut fields = serde_json::Map::with_capacity(4);
+        fields.insert("step".to_owned(), Value::from(self.step.as_str()));
+        for (key, value) in [
+            ("namespace", &self.namespace),
+            ("task", &self.task),
+            ("version", &self.version),
+        ] {
+            if let Some(value) = value {
+                fields.insert(key.to_owned(), Value::from(value.as_str()));
+            }
+        }
+        Value::Object(fields)
+    }
+
     /// How many of the optional fields it names: a kind that names more is
     /// more specific.
     pub fn specificity(&self) -> usize {
@@ -137,11 +155,37 @@ impl<'a> ClaimRequest<'a> {
         }
     }
 
-    /// The `step_filter` argument of the SQL claim.
-    fn step_filter(&self) -> Option<Value> {
-        self.kinds
-            .map(|kinds| serde_json::to_value(kinds).expect("step kinds serialize to JSON"))
+    /// The request as the SQL claim takes it, checked: `max_steps` at least
+    /// `min_steps`, the lease and the task ids within their limits, metadata
+    /// and kinds that PostgreSQL can store.
+    fn binds(&self, min_steps: u32) -> Result<ClaimBinds<'a>, Refusal> {
+        arguments::ids("task_ids", self.task_ids.map_or(0, <[i64]>::len))?;
+        arguments::optional_json("metadata", self.metadata)?;
+        let step_filter = match self.kinds {
+            None => None,
+            Some(kinds) => {
+                let filter = Value::Array(kinds.iter().map(StepKind::to_json).collect());
+                arguments::json("kinds", &filter)?;
+                Some(filter)
+            }
+        };
+        Ok(ClaimBinds {
+            task_ids: self.task_ids,
+            max_steps: arguments::count("max_steps", self.max_steps, min_steps)?,
+            lease_seconds: arguments::seconds("lease", self.lease, 1)?,
+            metadata: self.metadata,
+            step_filter,
+        })
     }
+}
+
+/// The arguments of `claim_ready_steps`, checked ([`ClaimRequest::binds`]).
+struct ClaimBinds<'a> {
+    task_ids: Option<&'a [i64]>,
+    max_steps: i32,
+    lease_seconds: i32,
+    metadata: Option<&'a Value>,
+    step_filter: Option<Value>,
 }
 
 /// A step claimed for one worker: a row of `claim_ready_steps`.
@@ -193,21 +237,138 @@ pub struct Claim {
 /// against other claimers, moved to `in_progress` (a failed step through
 /// `pending`), counted as an attempt and leased. Two callers never get the
 /// same step. Ordered by task id, then step id.
+///
+/// The request is checked first ([`Refusal::InvalidArgument`] naming the
+/// argument): `max_steps` from 1 to `i32::MAX`, a lease from 1 s to
+/// [`MAX_DURATION`](crate::MAX_DURATION), at most
+/// [`MAX_IDS_PER_CALL`](crate::MAX_IDS_PER_CALL) task ids, and metadata and
+/// kinds without NUL characters. Each task id costs at most one index probe
+/// when its task has nothing to claim (or does not exist).
+///
+/// The claim and the reading of its rows are one transaction (a savepoint
+/// inside one opened with Diesel's [`Connection::transaction`]; a
+/// transaction opened with a raw `BEGIN` is unknown to Diesel and this
+/// commits it), so the caller gets every step the claim commits. A
+/// step whose `inputs` this crate cannot decode (valid jsonb that
+/// `serde_json` refuses, such as a number beyond `f64`, written by another
+/// writer) is not handed out, and not left claimed either: it is failed
+/// permanently in the same transaction, with `{"error": {"message": ...,
+/// "undecodable_inputs": true}}`, so its task is blocked and says why.
 pub fn claim_ready_steps(
     conn: &mut PgConnection,
     request: &ClaimRequest<'_>,
 ) -> Result<Vec<ClaimedStep>> {
-    Ok(FunctionCall::new(
-        "claim_ready_steps",
-        (
-            request.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
-            saturating_i32(request.max_steps.into()).into_sql::<Integer>(),
-            lease_seconds(request.lease).into_sql::<Integer>(),
-            request.metadata.into_sql::<Nullable<Jsonb>>(),
-            request.step_filter().into_sql::<Nullable<Jsonb>>(),
-        ),
-    )
-    .load(conn)?)
+    let binds = request.binds(1)?;
+    conn.transaction(|conn| {
+        let rows: Vec<ClaimRow> = FunctionCall::new(
+            "claim_ready_steps",
+            (
+                binds.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
+                binds.max_steps.into_sql::<Integer>(),
+                binds.lease_seconds.into_sql::<Integer>(),
+                binds.metadata.into_sql::<Nullable<Jsonb>>(),
+                binds.step_filter.as_ref().into_sql::<Nullable<Jsonb>>(),
+            ),
+        )
+        .load(conn)?;
+        received(conn, rows)
+    })
+}
+
+/// A row of `claim_ready_steps`, its inputs not yet decoded.
+#[derive(QueryableByName)]
+#[diesel(check_for_backend(Pg))]
+struct ClaimRow {
+    #[diesel(sql_type = BigInt)]
+    workflow_step_id: i64,
+    #[diesel(sql_type = BigInt)]
+    task_id: i64,
+    #[diesel(sql_type = Integer)]
+    named_step_id: i32,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Integer)]
+    attempt: i32,
+    #[diesel(sql_type = BigInt)]
+    claim_id: i64,
+    #[diesel(sql_type = Timestamp)]
+    claimed_until: NaiveDateTime,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    inputs: Option<JsonbText>,
+}
+
+/// A jsonb value as PostgreSQL sent it, for the caller to decode: a value
+/// `serde_json` refuses must not fail the whole result set.
+#[derive(Debug, FromSqlRow)]
+struct JsonbText(Vec<u8>);
+
+impl FromSql<Jsonb, Pg> for JsonbText {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        // jsonb's binary form: a version byte (1), then the text.
+        match value.as_bytes().split_first() {
+            Some((1, text)) => Ok(JsonbText(text.to_vec())),
+            _ => Err("jsonb in a binary format other than version 1".into()),
+        }
+    }
+}
+
+impl ClaimRow {
+    /// The claimed step, or its claim and why its inputs cannot be decoded.
+    fn decode(self) -> std::result::Result<ClaimedStep, (Claim, String)> {
+        let inputs = match self.inputs.map(|raw| serde_json::from_slice::<Value>(&raw.0)) {
+            None => None,
+            Some(Ok(inputs)) => Some(inputs),
+            Some(Err(error)) => {
+                let claim = Claim {
+                    workflow_step_id: self.workflow_step_id,
+                    claim_id: self.claim_id,
+                };
+                return Err((claim, error.to_string()));
+            }
+        };
+        Ok(ClaimedStep {
+            workflow_step_id: self.workflow_step_id,
+            task_id: self.task_id,
+            named_step_id: self.named_step_id,
+            name: self.name,
+            attempt: self.attempt,
+            claim_id: self.claim_id,
+            claimed_until: self.claimed_until,
+            inputs,
+        })
+    }
+}
+
+/// The steps a claim hands out, in the claim's transaction: those whose
+/// inputs cannot be decoded are failed permanently instead (see
+/// [`claim_ready_steps`]).
+fn received(conn: &mut PgConnection, rows: Vec<ClaimRow>) -> Result<Vec<ClaimedStep>> {
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut undecodable = Vec::new();
+    for row in rows {
+        match row.decode() {
+            Ok(step) => claimed.push(step),
+            Err((claim, why)) => undecodable.push((
+                claim,
+                json!({
+                    "message": format!("the step's inputs cannot be decoded: {why}"),
+                    "undecodable_inputs": true,
+                }),
+            )),
+        }
+    }
+    if !undecodable.is_empty() {
+        let reports: Vec<StepReport<'_>> = undecodable
+            .iter()
+            .map(|(claim, error)| StepReport::fail_permanently(*claim, error))
+            .collect();
+        // The claims are this transaction's own: a refusal here is a bug, and
+        // returning it rolls the claim back.
+        for reported in report_steps(conn, &reports)? {
+            reported.result.map_err(Error::Refused)?;
+        }
+    }
+    Ok(claimed)
 }
 
 /// Records a claimed step's `results` and moves it to `complete`
@@ -218,6 +379,7 @@ pub fn complete_step(
     claim: Claim,
     results: &Value,
 ) -> Result<WorkflowStepTransition> {
+    arguments::json("results", results)?;
     Ok(FunctionCall::new(
         "complete_step",
         (
@@ -232,40 +394,47 @@ pub fn complete_step(
 /// Records a claimed step's failure (`fail_step`): moves it to `error` with
 /// `{"error": error}` as metadata. `retry_after` asks that the next attempt
 /// start no earlier than that long after this one started (a `Retry-After`;
-/// whole seconds, rounded up); the exponential failure backoff applies as well. Whether
-/// the step is retried is then up to its readiness (retry limit, retryable).
-/// Refused like [`complete_step`].
+/// whole seconds, rounded up, at most [`MAX_DURATION`](crate::MAX_DURATION));
+/// the exponential failure backoff applies as well. Whether the step is
+/// retried is then up to its readiness (retry limit, retryable). Refused like
+/// [`complete_step`], and with [`Refusal::InvalidArgument`] for a longer
+/// delay or an error that PostgreSQL cannot store (a NUL character).
 pub fn fail_step(
     conn: &mut PgConnection,
     claim: Claim,
     error: &Value,
     retry_after: Option<Duration>,
 ) -> Result<WorkflowStepTransition> {
+    arguments::json("error", error)?;
+    let retry_after = retry_after
+        .map(|delay| arguments::seconds("retry_after", delay, 0))
+        .transpose()?;
     Ok(FunctionCall::new(
         "fail_step",
         (
             claim.workflow_step_id.into_sql::<BigInt>(),
             claim.claim_id.into_sql::<BigInt>(),
             error.into_sql::<Jsonb>(),
-            retry_after
-                .map(lease_seconds)
-                .into_sql::<Nullable<Integer>>(),
+            retry_after.into_sql::<Nullable<Integer>>(),
         ),
     )
     .get_result(conn)?)
 }
 
 /// Extends a claim that still holds to `lease` from now (a heartbeat) and
-/// returns the new `claimed_until`. Refused like [`complete_step`].
+/// returns the new `claimed_until`. Refused like [`complete_step`], and with
+/// [`Refusal::InvalidArgument`] for a lease outside 1 s ..=
+/// [`MAX_DURATION`](crate::MAX_DURATION).
 pub fn extend_step_claim(
     conn: &mut PgConnection,
     claim: Claim,
     lease: Duration,
 ) -> Result<NaiveDateTime> {
+    let lease_seconds = arguments::seconds("lease", lease, 1)?;
     Ok(diesel::select(functions::extend_step_claim(
         claim.workflow_step_id,
         claim.claim_id,
-        lease_seconds(lease),
+        lease_seconds,
     ))
     .get_result(conn)?)
 }
@@ -274,10 +443,10 @@ pub fn extend_step_claim(
 /// they are retried under the usual rules (`release_expired_claims`); at
 /// most `max_steps` when given. Returns the released step ids.
 pub fn release_expired_claims(conn: &mut PgConnection, max_steps: Option<u32>) -> Result<Vec<i64>> {
-    Ok(diesel::select(functions::release_expired_claims(
-        max_steps.map(|max| saturating_i32(max.into())),
-    ))
-    .load(conn)?)
+    let max_steps = max_steps
+        .map(|max| arguments::count("max_steps", max, 0))
+        .transpose()?;
+    Ok(diesel::select(functions::release_expired_claims(max_steps)).load(conn)?)
 }
 
 /// What a worker reports for a step it claimed.
@@ -378,10 +547,10 @@ pub fn report_steps(
     conn: &mut PgConnection,
     reports: &[StepReport<'_>],
 ) -> Result<Vec<ReportedStep>> {
+    let binds = ReportBinds::new(reports)?;
     if reports.is_empty() {
         return Ok(Vec::new());
     }
-    let binds = ReportBinds::new(reports);
     let rows: Vec<ReportRow> = FunctionCall::new(
         "report_steps",
         (
@@ -451,25 +620,38 @@ pub fn report_and_claim(
     reports: &[StepReport<'_>],
     request: &ClaimRequest<'_>,
 ) -> Result<(Vec<ReportedStep>, Vec<ClaimedStep>)> {
-    let binds = ReportBinds::new(reports);
-    let rows: Vec<ReportOrClaimRow> = FunctionCall::new(
-        "report_and_claim",
-        (
-            binds.step_ids.into_sql::<Array<BigInt>>(),
-            binds.claim_ids.into_sql::<Array<BigInt>>(),
-            binds.outcomes.into_sql::<Array<TaskerStepState>>(),
-            binds.payloads.into_sql::<Array<Jsonb>>(),
-            binds.retry_after.into_sql::<Array<Nullable<Integer>>>(),
-            request.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
-            saturating_i32(request.max_steps.into()).into_sql::<Integer>(),
-            lease_seconds(request.lease).into_sql::<Integer>(),
-            request.metadata.into_sql::<Nullable<Jsonb>>(),
-            binds.permanent.into_sql::<Array<Bool>>(),
-            request.step_filter().into_sql::<Nullable<Jsonb>>(),
-        ),
-    )
-    .load(conn)?;
-    let mut reported = Vec::with_capacity(reports.len());
+    let binds = ReportBinds::new(reports)?;
+    let claim = request.binds(0)?;
+    conn.transaction(|conn| {
+        let rows: Vec<ReportOrClaimRow> = FunctionCall::new(
+            "report_and_claim",
+            (
+                binds.step_ids.into_sql::<Array<BigInt>>(),
+                binds.claim_ids.into_sql::<Array<BigInt>>(),
+                binds.outcomes.into_sql::<Array<TaskerStepState>>(),
+                binds.payloads.into_sql::<Array<Jsonb>>(),
+                binds.retry_after.into_sql::<Array<Nullable<Integer>>>(),
+                claim.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
+                claim.max_steps.into_sql::<Integer>(),
+                claim.lease_seconds.into_sql::<Integer>(),
+                claim.metadata.into_sql::<Nullable<Jsonb>>(),
+                binds.permanent.into_sql::<Array<Bool>>(),
+                claim.step_filter.as_ref().into_sql::<Nullable<Jsonb>>(),
+            ),
+        )
+        .load(conn)?;
+        split_rows(conn, rows, reports.len())
+    })
+}
+
+/// The reports' outcomes and the claimed steps of `report_and_claim`'s rows,
+/// in its transaction (see [`received`]).
+fn split_rows(
+    conn: &mut PgConnection,
+    rows: Vec<ReportOrClaimRow>,
+    reports: usize,
+) -> Result<(Vec<ReportedStep>, Vec<ClaimedStep>)> {
+    let mut reported = Vec::with_capacity(reports);
     let mut claimed = Vec::new();
     for row in rows {
         if let Some((workflow_step_id, claim_id, transition_id, refusal)) = row.reported {
@@ -494,7 +676,7 @@ pub fn report_and_claim(
             inputs,
         )) = row.claimed
         {
-            claimed.push(ClaimedStep {
+            claimed.push(ClaimRow {
                 workflow_step_id,
                 task_id,
                 named_step_id,
@@ -506,7 +688,7 @@ pub fn report_and_claim(
             });
         }
     }
-    Ok((reported, claimed))
+    Ok((reported, received(conn, claimed)?))
 }
 
 /// Why [`wait_for_claimable_work`] returned.
@@ -549,12 +731,15 @@ pub fn wait_for_claimable_work(conn: &mut PgConnection, timeout: Duration) -> Re
         .is_some();
     if in_transaction {
         return Err(Error::Refused(Refusal::InvalidArgument {
+            argument: "conn".to_owned(),
             message: "wait_for_claimable_work needs a connection outside a transaction: \
                       notifications arrive between transactions"
                 .to_owned(),
         }));
     }
     let started = Instant::now();
+    // None: a timeout too long for the clock (Duration::MAX) waits for ever.
+    let deadline = started.checked_add(timeout);
     // Notifications received before the check below are older than what it sees.
     for notification in conn.notifications_iter() {
         notification?;
@@ -565,9 +750,9 @@ pub fn wait_for_claimable_work(conn: &mut PgConnection, timeout: Duration) -> Re
         return Ok(Wakeup::Ready);
     }
     // A little after the gate, so that the claim that follows finds it passed.
-    let backoff_ends =
-        next_seconds.map(|seconds| started + Duration::from_secs_f64(seconds) + BACKOFF_MARGIN);
-    let deadline = started + timeout;
+    let backoff_ends = next_seconds
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .and_then(|wait| started.checked_add(wait + BACKOFF_MARGIN));
     loop {
         if let Some(notification) = conn.notifications_iter().next() {
             notification?;
@@ -577,11 +762,13 @@ pub fn wait_for_claimable_work(conn: &mut PgConnection, timeout: Duration) -> Re
         if backoff_ends.is_some_and(|ends| now >= ends) {
             return Ok(Wakeup::BackoffEnded);
         }
-        if now >= deadline {
+        if deadline.is_some_and(|deadline| now >= deadline) {
             return Ok(Wakeup::TimedOut);
         }
-        let until = backoff_ends.map_or(deadline, |ends| ends.min(deadline));
-        thread::sleep(NOTIFICATION_CHECK.min(until - now));
+        let until = [backoff_ends, deadline].into_iter().flatten().min();
+        thread::sleep(until.map_or(NOTIFICATION_CHECK, |until| {
+            NOTIFICATION_CHECK.min(until - now)
+        }));
     }
 }
 
@@ -596,7 +783,11 @@ struct ReportBinds<'a> {
 }
 
 impl<'a> ReportBinds<'a> {
-    fn new(reports: &[StepReport<'a>]) -> Self {
+    /// Checked: at most [`MAX_IDS_PER_CALL`](crate::MAX_IDS_PER_CALL)
+    /// reports, payloads PostgreSQL can store and delays within
+    /// [`MAX_DURATION`](crate::MAX_DURATION), each named by its position.
+    fn new(reports: &[StepReport<'a>]) -> Result<Self, Refusal> {
+        arguments::ids("reports", reports.len())?;
         let mut binds = ReportBinds {
             step_ids: Vec::with_capacity(reports.len()),
             claim_ids: Vec::with_capacity(reports.len()),
@@ -605,7 +796,7 @@ impl<'a> ReportBinds<'a> {
             retry_after: Vec::with_capacity(reports.len()),
             permanent: Vec::with_capacity(reports.len()),
         };
-        for report in reports {
+        for (index, report) in reports.iter().enumerate() {
             binds.step_ids.push(report.claim.workflow_step_id);
             binds.claim_ids.push(report.claim.claim_id);
             let (outcome, payload, retry_after, permanent) = match report.outcome {
@@ -617,18 +808,23 @@ impl<'a> ReportBinds<'a> {
                 } => (
                     StepState::Error,
                     error,
-                    retry_after.map(lease_seconds),
+                    retry_after
+                        .map(|delay| {
+                            arguments::seconds(&format!("reports[{index}].retry_after"), delay, 0)
+                        })
+                        .transpose()?,
                     permanent,
                 ),
                 // report_steps reads the outcome pending as a release.
                 StepOutcome::Release { reason } => (StepState::Pending, reason, None, false),
             };
+            arguments::json(&format!("reports[{index}].payload"), payload)?;
             binds.outcomes.push(outcome);
             binds.payloads.push(payload);
             binds.retry_after.push(retry_after);
             binds.permanent.push(permanent);
         }
-        binds
+        Ok(binds)
     }
 }
 
@@ -659,9 +855,11 @@ impl ReportRow {
             (Some(transition_id), None) => Ok(transition_id),
             (_, Some(refusal)) => Err(serde_json::from_value::<Refusal>(refusal.clone())
                 .unwrap_or_else(|_| Refusal::InvalidArgument {
+                    argument: "reports".to_owned(),
                     message: format!("report_steps refused the result: {refusal}"),
                 })),
             (None, None) => Err(Refusal::InvalidArgument {
+                argument: "reports".to_owned(),
                 message: "report_steps wrote no transition and gave no refusal".to_owned(),
             }),
         };
@@ -697,19 +895,6 @@ struct ReportOrClaimRow {
         i32,
         i64,
         NaiveDateTime,
-        Option<Value>,
+        Option<JsonbText>,
     )>,
-}
-
-/// Whole seconds, as the SQL functions take them, rounded up so that a lease
-/// or a requested delay is never shorter than asked.
-fn lease_seconds(duration: Duration) -> i32 {
-    let rounded_up = duration
-        .as_secs()
-        .saturating_add(u64::from(duration.subsec_nanos() > 0));
-    saturating_i32(rounded_up)
-}
-
-fn saturating_i32(value: u64) -> i32 {
-    i32::try_from(value).unwrap_or(i32::MAX)
 }

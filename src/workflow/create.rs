@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::catalog::{find_or_create_catalogs, Catalog};
 use super::template::{check_length, StepTemplate, TaskTemplate, TemplateError, TemplateField};
+use crate::arguments;
 use crate::error::{Error, IntegrityRule, Refusal};
 use crate::models::{Task, WorkflowStep};
 use crate::schema::{
@@ -180,7 +181,9 @@ impl<'a> TaskRequest<'a> {
 
     /// Checks the template ([`TaskTemplate::validate`]), then that inputs
     /// and bypasses name steps of the template (bypassed ones skippable) and
-    /// that the request's own fields fit their columns.
+    /// that the request's own fields fit their columns: text and JSON without
+    /// NUL characters (which PostgreSQL cannot store), `requested_at` within
+    /// PostgreSQL's range.
     pub fn validate(&self) -> Result<(), TemplateError> {
         self.template.validate()?;
         if let Some(step) = self
@@ -207,6 +210,34 @@ impl<'a> TaskRequest<'a> {
             if let Some(value) = value {
                 check_length(field, value, MAX_REQUEST_FIELD_LENGTH)?;
             }
+        }
+        for tag in self.tags.iter().flatten() {
+            if let Some(problem) = arguments::text_problem(tag) {
+                return Err(TemplateError::Unstorable {
+                    field: TemplateField::Tags,
+                    problem: format!("hold {tag:?}, which {problem}"),
+                });
+            }
+        }
+        if let Some(problem) = arguments::json_problem(&self.context) {
+            return Err(TemplateError::Unstorable {
+                field: TemplateField::Context,
+                problem,
+            });
+        }
+        for (step, inputs) in &self.inputs {
+            if let Some(problem) = arguments::json_problem(inputs) {
+                return Err(TemplateError::Unstorable {
+                    field: TemplateField::Inputs,
+                    problem: format!("of step {step} {problem}"),
+                });
+            }
+        }
+        if let Some(problem) = self.requested_at.and_then(arguments::timestamp_problem) {
+            return Err(TemplateError::Unstorable {
+                field: TemplateField::RequestedAt,
+                problem,
+            });
         }
         if let Some(identity_hash) = &self.identity_hash {
             if identity_hash.trim().is_empty() {

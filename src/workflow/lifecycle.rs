@@ -10,16 +10,26 @@ use crate::call::FunctionCall;
 use crate::enums::TaskState;
 use crate::functions;
 use crate::models::TaskTransition;
-use crate::Result;
+use crate::{arguments, Result};
 
 /// Cancels a task and its pending and in-progress steps (`cancel_task`); a
 /// worker's claim on a cancelled step is lost. Steps in `error` stay there
 /// (the step state machine has no `error -> cancelled`).
+///
+/// Cancelling stops work that is not done: a task already `complete`,
+/// `resolved_manually` or `cancelled` is refused with
+/// [`Refusal::TaskFinished`](crate::Refusal::TaskFinished), also when its
+/// finalize committed while the cancel waited for the task's lock. (The task
+/// state machine allows `complete -> cancelled` for an operator who means
+/// it: [`transition_task`](super::transition_task) does that.) A task in
+/// `error` cannot be cancelled either: the task state machine has no
+/// `error -> cancelled` ([`crate::Refusal::IllegalTaskTransition`]).
 pub fn cancel_task(
     conn: &mut PgConnection,
     task_id: i64,
     metadata: Option<&Value>,
 ) -> Result<TaskTransition> {
+    arguments::optional_json("metadata", metadata)?;
     Ok(FunctionCall::new(
         "cancel_task",
         (
@@ -40,6 +50,7 @@ pub fn finalize_task(
     task_id: i64,
     metadata: Option<&Value>,
 ) -> Result<TaskState> {
+    arguments::optional_json("metadata", metadata)?;
     Ok(diesel::select(functions::finalize_task(task_id, metadata)).get_result(conn)?)
 }
 
@@ -69,12 +80,9 @@ pub fn finalize_settled_tasks(
     among: Option<&[i64]>,
     metadata: Option<&Value>,
 ) -> Result<Vec<FinalizedTask>> {
-    let max_tasks = i32::try_from(max_tasks).map_err(|_| crate::Refusal::InvalidArgument {
-        message: format!(
-            "finalize_settled_tasks takes max_tasks up to {}, got {max_tasks}",
-            i32::MAX
-        ),
-    })?;
+    let max_tasks = arguments::count("max_tasks", max_tasks, 1)?;
+    arguments::ids("among", among.map_or(0, <[i64]>::len))?;
+    arguments::optional_json("metadata", metadata)?;
     Ok(FunctionCall::new(
         "tasker_finalize_settled_tasks",
         (

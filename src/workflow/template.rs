@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::arguments;
+
 /// Longest namespace name (`tasker_task_namespaces.name VARCHAR(64)`).
 pub const MAX_NAMESPACE_LENGTH: usize = 64;
 /// Longest task template name (`tasker_named_tasks.name VARCHAR(64)`).
@@ -46,7 +48,8 @@ pub struct StepTemplate {
     /// False: the step gets its first attempt but no retry.
     #[serde(default = "default_retryable")]
     pub retryable: bool,
-    /// Attempts allowed in all.
+    /// Attempts allowed in all, the first included: at least 1 (a step with
+    /// limit 1 runs once and is never retried).
     #[serde(default = "default_retry_limit")]
     pub retry_limit: i32,
     /// Whether a task may bypass the step.
@@ -108,9 +111,9 @@ impl TaskTemplate {
     }
 
     /// Checks everything the database would reject half-way, and more: names
-    /// present and short enough for their columns, at least one step, unique
-    /// step names, retry limits not negative, dependencies on known steps,
-    /// each listed once, and no cycle.
+    /// present, without NUL characters and short enough for their columns, at
+    /// least one step, unique step names, retry limits of at least 1,
+    /// dependencies on known steps, each listed once, and no cycle.
     ///
     /// The first problem found is returned, checking the template's fields,
     /// then each step in order, then the dependency graph, so the same
@@ -152,7 +155,7 @@ impl TaskTemplate {
                 &step.dependent_system,
                 MAX_DEPENDENT_SYSTEM_LENGTH,
             )?;
-            if step.retry_limit < 0 {
+            if step.retry_limit < 1 {
                 return Err(TemplateError::InvalidRetryLimit {
                     step: step.name.clone(),
                     retry_limit: step.retry_limit,
@@ -228,7 +231,8 @@ impl StepTemplate {
         self
     }
 
-    /// Sets the number of attempts allowed in all.
+    /// Sets the number of attempts allowed in all, the first included (at
+    /// least 1; [`TaskTemplate::validate`] refuses less).
     pub fn retry_limit(mut self, retry_limit: i32) -> Self {
         self.retry_limit = retry_limit;
         self
@@ -254,12 +258,16 @@ fn check_name(field: TemplateField, value: &str, max_length: usize) -> Result<()
     check_length(field, value, max_length)
 }
 
-/// `VARCHAR(n)` counts characters, not bytes.
+/// Text that fits its column: no NUL (PostgreSQL text cannot hold one), at
+/// most `max_length` characters (`VARCHAR(n)` counts characters, not bytes).
 pub(crate) fn check_length(
     field: TemplateField,
     value: &str,
     max_length: usize,
 ) -> Result<(), TemplateError> {
+    if let Some(problem) = arguments::text_problem(value) {
+        return Err(TemplateError::Unstorable { field, problem });
+    }
     if value.chars().count() > max_length {
         return Err(TemplateError::TooLong {
             field,
@@ -344,6 +352,14 @@ pub enum TemplateField {
     Reason,
     /// `tasker_tasks.identity_hash`.
     IdentityHash,
+    /// `tasker_tasks.context`.
+    Context,
+    /// A step's `tasker_workflow_steps.inputs`.
+    Inputs,
+    /// `tasker_tasks.tags`.
+    Tags,
+    /// `tasker_tasks.requested_at`.
+    RequestedAt,
 }
 
 impl fmt::Display for TemplateField {
@@ -359,6 +375,10 @@ impl fmt::Display for TemplateField {
             TemplateField::SourceSystem => "source system",
             TemplateField::Reason => "reason",
             TemplateField::IdentityHash => "identity hash",
+            TemplateField::Context => "context",
+            TemplateField::Inputs => "inputs",
+            TemplateField::Tags => "tags",
+            TemplateField::RequestedAt => "requested_at",
         })
     }
 }
@@ -412,9 +432,20 @@ pub enum TemplateError {
         /// (`[a, b, a]`: a depends on b, b depends on a).
         steps: Vec<String>,
     },
-    /// A negative retry limit.
-    #[error("step {step} has retry limit {retry_limit}, which is negative")]
+    /// A retry limit below 1: it counts every attempt, the first included,
+    /// so a step with limit 0 could never run and its task never finish.
+    #[error(
+        "step {step} has retry limit {retry_limit}: it counts every attempt, the first included, so it must be at least 1"
+    )]
     InvalidRetryLimit { step: String, retry_limit: i32 },
+    /// A value PostgreSQL cannot store: text or JSON with a NUL character,
+    /// or a timestamp before PostgreSQL's earliest.
+    #[error("{field} {problem}")]
+    Unstorable {
+        field: TemplateField,
+        /// What is wrong, and where in a JSON value.
+        problem: String,
+    },
     /// Inputs for a step the template does not have.
     #[error("inputs given for {step}, which is not a step of the template")]
     UnknownStepInput { step: String },

@@ -10,7 +10,7 @@ use crate::call::FunctionCall;
 use crate::enums::{StepState, TaskState};
 use crate::models::{TaskTransition, WorkflowStepTransition};
 use crate::schema::sql_types::{TaskerStepState, TaskerTaskState};
-use crate::Result;
+use crate::{arguments, Result};
 
 /// How a transition is written: its metadata, and optionally the state the
 /// entity must be in for the move to happen (compare-and-swap).
@@ -52,13 +52,16 @@ impl<'a, S> TransitionOptions<'a, S> {
 
 /// Moves a step to `to` (`transition_workflow_step`) and returns the new
 /// transition. Refused, with nothing written, when the step does not exist,
-/// is not in the expected state, or the state machine forbids the move.
+/// is not in the expected state, or the state machine forbids the move, and
+/// with [`crate::Refusal::InvalidArgument`] for metadata PostgreSQL cannot
+/// store (a NUL character).
 pub fn transition_workflow_step(
     conn: &mut PgConnection,
     workflow_step_id: i64,
     to: StepState,
     options: TransitionOptions<'_, StepState>,
 ) -> Result<WorkflowStepTransition> {
+    arguments::optional_json("metadata", options.metadata)?;
     Ok(FunctionCall::new(
         "transition_workflow_step",
         (
@@ -80,6 +83,7 @@ pub fn transition_task(
     to: TaskState,
     options: TransitionOptions<'_, TaskState>,
 ) -> Result<TaskTransition> {
+    arguments::optional_json("metadata", options.metadata)?;
     Ok(FunctionCall::new(
         "transition_task",
         (

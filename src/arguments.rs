@@ -88,9 +88,9 @@ pub(crate) fn ids(argument: &str, length: usize) -> Result<(), Refusal> {
 /// Text PostgreSQL can store: without NUL. `Err` names where the first NUL
 /// is, for a message.
 pub(crate) fn text_problem(value: &str) -> Option<String> {
-    value
-        .find('\0')
-        .map(|at| format!("contains a NUL character (at byte {at}), which PostgreSQL text cannot hold"))
+    value.find('\0').map(|at| {
+        format!("contains a NUL character (at byte {at}), which PostgreSQL text cannot hold")
+    })
 }
 
 /// JSON PostgreSQL's jsonb can store: no NUL (`\u0000`) in any string or
@@ -171,8 +171,7 @@ mod tests {
         assert!(seconds("lease", Duration::ZERO, 1).is_err());
         assert_eq!(seconds("retry_after", Duration::ZERO, 0), Ok(0));
         for too_long in [MAX_DURATION + Duration::from_nanos(1), Duration::MAX] {
-            let Err(Refusal::InvalidArgument { argument, message }) =
-                seconds("lease", too_long, 1)
+            let Err(Refusal::InvalidArgument { argument, message }) = seconds("lease", too_long, 1)
             else {
                 panic!("{too_long:?} was taken");
             };

@@ -20,8 +20,8 @@ use tasker_diesel::workflow::{
     cancel_task, claim_ready_steps, complete_step, create_task, create_tasks, extend_step_claim,
     fail_step, finalize_settled_tasks, finalize_task, release_expired_claims, release_steps,
     report_and_claim, report_steps, resolve_step_manually, transition_task,
-    transition_workflow_step, wait_for_claimable_work, Claim, ClaimRequest, ClaimedStep,
-    StepKind, StepReport, StepTemplate, TaskRequest, TaskTemplate, TemplateError, TemplateField,
+    transition_workflow_step, wait_for_claimable_work, Claim, ClaimRequest, ClaimedStep, StepKind,
+    StepReport, StepTemplate, TaskRequest, TaskTemplate, TemplateError, TemplateField,
     TransitionOptions,
 };
 use tasker_diesel::{
@@ -85,7 +85,10 @@ fn durations_and_counts_beyond_the_schema_are_refused_naming_the_argument() {
     let century = Duration::from_secs(100 * 365 * 24 * 3600);
     for lease in [Duration::MAX, century, Duration::ZERO] {
         let request = ClaimRequest::for_tasks(&tasks, 1, lease);
-        assert_eq!(refused_argument(claim_ready_steps(&mut conn, &request)), "lease");
+        assert_eq!(
+            refused_argument(claim_ready_steps(&mut conn, &request)),
+            "lease"
+        );
         assert_eq!(
             refused_argument(report_and_claim(&mut conn, &[], &request)),
             "lease"
@@ -241,7 +244,10 @@ fn a_claim_never_commits_steps_it_cannot_hand_over() {
         // b is handed over; a is not, and not left claimed either: it failed
         // for good, saying why, with its one attempt.
         assert_eq!(
-            claimed.iter().map(|s| s.workflow_step_id).collect::<Vec<_>>(),
+            claimed
+                .iter()
+                .map(|s| s.workflow_step_id)
+                .collect::<Vec<_>>(),
             [b]
         );
         assert_eq!(step_flags(&mut conn, a), (false, false));
@@ -265,7 +271,9 @@ fn a_claim_never_commits_steps_it_cannot_hand_over() {
                 .unwrap()
         };
         assert_eq!(held, 1, "only the step handed over is claimed");
-        let context = TaskExecutionContext::find(&mut conn, task).unwrap().unwrap();
+        let context = TaskExecutionContext::find(&mut conn, task)
+            .unwrap()
+            .unwrap();
         assert_eq!(context.failed_steps, 1);
         assert_maintained_readiness(&mut conn, Some(&tasks));
     }
@@ -281,7 +289,10 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
     let before = snapshot(&mut conn);
     let unstorable = |error: TemplateError| match error {
         TemplateError::Unstorable { field, problem } => {
-            assert!(problem.contains("NUL") || problem.contains("earliest"), "{problem}");
+            assert!(
+                problem.contains("NUL") || problem.contains("earliest"),
+                "{problem}"
+            );
             field
         }
         other => panic!("expected Unstorable, got {other:?}"),
@@ -299,10 +310,7 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
             TaskTemplate::new("ns", "flow", nul).step(StepTemplate::new("a")),
             TemplateField::Version,
         ),
-        (
-            template().description(nul),
-            TemplateField::Description,
-        ),
+        (template().description(nul), TemplateField::Description),
         (
             template().step(StepTemplate::new(nul)),
             TemplateField::StepName,
@@ -322,11 +330,23 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
         .and_hms_opt(23, 59, 59)
         .unwrap();
     let requests = [
-        (TaskRequest::new(&flow).initiator(nul), TemplateField::Initiator),
-        (TaskRequest::new(&flow).source_system(nul), TemplateField::SourceSystem),
+        (
+            TaskRequest::new(&flow).initiator(nul),
+            TemplateField::Initiator,
+        ),
+        (
+            TaskRequest::new(&flow).source_system(nul),
+            TemplateField::SourceSystem,
+        ),
         (TaskRequest::new(&flow).reason(nul), TemplateField::Reason),
-        (TaskRequest::new(&flow).identity_hash(nul), TemplateField::IdentityHash),
-        (TaskRequest::new(&flow).tags(["ok", nul]), TemplateField::Tags),
+        (
+            TaskRequest::new(&flow).identity_hash(nul),
+            TemplateField::IdentityHash,
+        ),
+        (
+            TaskRequest::new(&flow).tags(["ok", nul]),
+            TemplateField::Tags,
+        ),
         (
             TaskRequest::new(&flow).context(json!({"deep": [{"x": nul}]})),
             TemplateField::Context,
@@ -357,11 +377,7 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
 
     // PostgreSQL's earliest timestamp is taken, exactly.
     let earliest = before_4714_bc + chrono::Duration::seconds(1);
-    let created = create_task(
-        &mut conn,
-        &TaskRequest::new(&flow).requested_at(earliest),
-    )
-    .unwrap();
+    let created = create_task(&mut conn, &TaskRequest::new(&flow).requested_at(earliest)).unwrap();
     assert_eq!(created.task.requested_at, earliest);
 
     // The write calls refuse JSON with a NUL before sending anything.
@@ -373,10 +389,22 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
         ClaimRequest::for_tasks(&tasks, 1, LEASE).with_metadata(&bad),
         ClaimRequest::for_tasks(&tasks, 1, LEASE).only(&kinds),
     ];
-    assert_eq!(refused_argument(claim_ready_steps(&mut conn, &claims[0])), "metadata");
-    assert_eq!(refused_argument(claim_ready_steps(&mut conn, &claims[1])), "kinds");
-    assert_eq!(refused_argument(cancel_task(&mut conn, task, Some(&bad))), "metadata");
-    assert_eq!(refused_argument(finalize_task(&mut conn, task, Some(&bad))), "metadata");
+    assert_eq!(
+        refused_argument(claim_ready_steps(&mut conn, &claims[0])),
+        "metadata"
+    );
+    assert_eq!(
+        refused_argument(claim_ready_steps(&mut conn, &claims[1])),
+        "kinds"
+    );
+    assert_eq!(
+        refused_argument(cancel_task(&mut conn, task, Some(&bad))),
+        "metadata"
+    );
+    assert_eq!(
+        refused_argument(finalize_task(&mut conn, task, Some(&bad))),
+        "metadata"
+    );
     assert_eq!(
         refused_argument(transition_task(
             &mut conn,
@@ -389,18 +417,33 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
     let step = claim(&mut conn, &tasks, 1)[0].clone();
     let before = snapshot(&mut conn);
     let claim_of = step.claim();
-    assert_eq!(refused_argument(complete_step(&mut conn, claim_of, &bad)), "results");
-    assert_eq!(refused_argument(fail_step(&mut conn, claim_of, &bad, None)), "error");
+    assert_eq!(
+        refused_argument(complete_step(&mut conn, claim_of, &bad)),
+        "results"
+    );
+    assert_eq!(
+        refused_argument(fail_step(&mut conn, claim_of, &bad, None)),
+        "error"
+    );
     let ok = json!({"ok": true});
     let reports = [
         StepReport::complete(claim_of, &ok),
-        StepReport::release(Claim { claim_id: 0, ..claim_of }, &bad),
+        StepReport::release(
+            Claim {
+                claim_id: 0,
+                ..claim_of
+            },
+            &bad,
+        ),
     ];
     assert_eq!(
         refused_argument(report_steps(&mut conn, &reports)),
         "reports[1].payload"
     );
-    assert_eq!(refused_argument(release_steps(&mut conn, &[claim_of], &bad)), "reports[0].payload");
+    assert_eq!(
+        refused_argument(release_steps(&mut conn, &[claim_of], &bad)),
+        "reports[0].payload"
+    );
     assert_eq!(
         refused_argument(transition_workflow_step(
             &mut conn,
@@ -411,7 +454,11 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
         "metadata"
     );
     assert_eq!(
-        refused_argument(resolve_step_manually(&mut conn, step.workflow_step_id, Some(&bad))),
+        refused_argument(resolve_step_manually(
+            &mut conn,
+            step.workflow_step_id,
+            Some(&bad)
+        )),
         "metadata"
     );
     assert_nothing_written(&before, &snapshot(&mut conn), "refused writes");
@@ -432,11 +479,17 @@ fn a_retry_limit_below_one_is_refused_and_one_means_a_single_attempt() {
         }
     );
     let once = TaskTemplate::new("ns", "once", "1").step(StepTemplate::new("a").retry_limit(1));
-    let task = create_task(&mut conn, &TaskRequest::new(&once)).unwrap().task.task_id;
+    let task = create_task(&mut conn, &TaskRequest::new(&once))
+        .unwrap()
+        .task
+        .task_id;
     let step = claim(&mut conn, &[task], 1).remove(0);
     fail_step(&mut conn, step.claim(), &json!("boom"), None).unwrap();
     assert!(claim(&mut conn, &[task], 1).is_empty(), "no second attempt");
-    assert_eq!(finalize_task(&mut conn, task, None).unwrap(), TaskState::Error);
+    assert_eq!(
+        finalize_task(&mut conn, task, None).unwrap(),
+        TaskState::Error
+    );
 }
 
 // 5. Cancelling finished work --------------------------------------------------------------
@@ -459,7 +512,10 @@ fn cancel_refuses_a_finished_task_unless_the_operator_moves_it() {
     let mut conn = db.connection();
     let task = new_task(&mut conn, "finished");
     run_to_completion(&mut conn, task);
-    assert_eq!(finalize_task(&mut conn, task, None).unwrap(), TaskState::Complete);
+    assert_eq!(
+        finalize_task(&mut conn, task, None).unwrap(),
+        TaskState::Complete
+    );
     let before = snapshot(&mut conn);
     assert_eq!(
         support::refusal(cancel_task(&mut conn, task, None)),
@@ -471,7 +527,13 @@ fn cancel_refuses_a_finished_task_unless_the_operator_moves_it() {
     assert_nothing_written(&before, &snapshot(&mut conn), "cancel of a complete task");
     assert!(support::task_row(&mut conn, task).complete);
     // The explicit way: an operator's transition.
-    transition_task(&mut conn, task, TaskState::Cancelled, TransitionOptions::default()).unwrap();
+    transition_task(
+        &mut conn,
+        task,
+        TaskState::Cancelled,
+        TransitionOptions::default(),
+    )
+    .unwrap();
     assert!(!support::task_row(&mut conn, task).complete);
 }
 
@@ -541,7 +603,8 @@ fn finished_tasks_have_no_next_action() {
     cancel_task(&mut conn, cancelled, None).unwrap();
     run_to_completion(&mut conn, complete);
     finalize_task(&mut conn, complete, None).unwrap();
-    let contexts = TaskExecutionContext::find_many(&mut conn, &[open, cancelled, complete]).unwrap();
+    let contexts =
+        TaskExecutionContext::find_many(&mut conn, &[open, cancelled, complete]).unwrap();
     let by_task = |id: i64| contexts.iter().find(|c| c.task_id == id).unwrap();
     assert_eq!(
         by_task(open).next_action(),
@@ -606,7 +669,10 @@ fn unknown_task_ids_cost_one_probe_each_and_long_lists_are_refused() {
     let too_many: Vec<i64> = (0..=MAX_IDS_PER_CALL as i64).collect();
     let before = snapshot(&mut conn);
     let request = ClaimRequest::for_tasks(&too_many, 1, LEASE);
-    assert_eq!(refused_argument(claim_ready_steps(&mut conn, &request)), "task_ids");
+    assert_eq!(
+        refused_argument(claim_ready_steps(&mut conn, &request)),
+        "task_ids"
+    );
     assert_eq!(
         refused_argument(StepReadinessStatus::for_tasks(&too_many).load(&mut conn)),
         "task_ids"
@@ -627,8 +693,14 @@ fn unknown_task_ids_cost_one_probe_each_and_long_lists_are_refused() {
         refused_argument(TaskExecutionContext::find_many(&mut conn, &too_many)),
         "task_ids"
     );
-    assert_eq!(refused_argument(readiness_drift(&mut conn, Some(&too_many))), "task_ids");
-    assert_eq!(refused_argument(rebuild_readiness(&mut conn, Some(&too_many))), "task_ids");
+    assert_eq!(
+        refused_argument(readiness_drift(&mut conn, Some(&too_many))),
+        "task_ids"
+    );
+    assert_eq!(
+        refused_argument(rebuild_readiness(&mut conn, Some(&too_many))),
+        "task_ids"
+    );
     assert_eq!(
         refused_argument(finalize_settled_tasks(&mut conn, 10, Some(&too_many), None)),
         "among"
@@ -647,20 +719,31 @@ fn unknown_task_ids_cost_one_probe_each_and_long_lists_are_refused() {
     assert_nothing_written(&before, &snapshot(&mut conn), "refused long lists");
     // The limit itself is accepted.
     let at_limit = &too_many[..MAX_IDS_PER_CALL];
-    assert_eq!(TaskExecutionContext::find_many(&mut conn, at_limit).unwrap().len(), 1);
+    assert_eq!(
+        TaskExecutionContext::find_many(&mut conn, at_limit)
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 // 9. One error type ---------------------------------------------------------------------
 
 /// Reads and writes in one function with one error type, no conversions.
 fn read_and_write(conn: &mut PgConnection, task: i64) -> tasker_diesel::Result<usize> {
-    let ready = StepReadinessStatus::for_task(task).ready_for_execution().load(conn)?;
+    let ready = StepReadinessStatus::for_task(task)
+        .ready_for_execution()
+        .load(conn)?;
     let context = TaskExecutionContext::find(conn, task)?;
     let levels = tasker_diesel::readiness::calculate_dependency_levels(conn, task)?;
     let health = tasker_diesel::readiness::get_system_health_counts(conn)?;
     let drift = readiness_drift(conn, Some(&[task]))?;
     let claimed = claim_ready_steps(conn, &ClaimRequest::for_tasks(&[task], 1, LEASE))?;
-    Ok(ready.len() + usize::from(context.is_some()) + levels.len() + drift.len() + claimed.len()
+    Ok(ready.len()
+        + usize::from(context.is_some())
+        + levels.len()
+        + drift.len()
+        + claimed.len()
         + usize::try_from(health.total_tasks).unwrap_or(0))
 }
 
@@ -690,11 +773,7 @@ fn duration() -> impl Strategy<Value = Duration> {
 
 /// Text with NUL and control characters, sometimes longer than any column.
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[a-z]{1,6}",
-        "[a-z\\x00-\\x1f]{0,8}",
-        "[a-z]{120,300}",
-    ]
+    prop_oneof!["[a-z]{1,6}", "[a-z\\x00-\\x1f]{0,8}", "[a-z]{120,300}",]
 }
 
 /// JSON with such strings, as keys too, and numbers of every size serde
@@ -718,7 +797,12 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 /// An id: one of the database's, or any.
 fn id(known: Vec<i64>) -> impl Strategy<Value = i64> {
-    prop_oneof![prop::sample::select(known), any::<i64>(), Just(0i64), Just(-1i64)]
+    prop_oneof![
+        prop::sample::select(known),
+        any::<i64>(),
+        Just(0i64),
+        Just(-1i64)
+    ]
 }
 
 #[derive(Debug, Clone)]
@@ -732,17 +816,58 @@ enum Call {
         inputs: Value,
         requested_at: i64,
     },
-    StepTransition { step: i64, to: StepState, metadata: Value },
-    TaskTransition { task: i64, to: TaskState, metadata: Value },
-    Cancel { task: i64, metadata: Value },
-    Finalize { task: i64, metadata: Value },
-    FinalizeSettled { max: u32, among: Vec<i64> },
-    Claim { tasks: Option<Vec<i64>>, max: u32, lease: Duration, metadata: Value, kind: String },
-    Complete { claim: Claim, results: Value },
-    Fail { claim: Claim, error: Value, retry_after: Option<Duration> },
-    Extend { claim: Claim, lease: Duration },
-    ReleaseExpired { max: Option<u32> },
-    Report { claims: Vec<Claim>, payload: Value, retry_after: Option<Duration>, then_claim: u32, lease: Duration },
+    StepTransition {
+        step: i64,
+        to: StepState,
+        metadata: Value,
+    },
+    TaskTransition {
+        task: i64,
+        to: TaskState,
+        metadata: Value,
+    },
+    Cancel {
+        task: i64,
+        metadata: Value,
+    },
+    Finalize {
+        task: i64,
+        metadata: Value,
+    },
+    FinalizeSettled {
+        max: u32,
+        among: Vec<i64>,
+    },
+    Claim {
+        tasks: Option<Vec<i64>>,
+        max: u32,
+        lease: Duration,
+        metadata: Value,
+        kind: String,
+    },
+    Complete {
+        claim: Claim,
+        results: Value,
+    },
+    Fail {
+        claim: Claim,
+        error: Value,
+        retry_after: Option<Duration>,
+    },
+    Extend {
+        claim: Claim,
+        lease: Duration,
+    },
+    ReleaseExpired {
+        max: Option<u32>,
+    },
+    Report {
+        claims: Vec<Claim>,
+        payload: Value,
+        retry_after: Option<Duration>,
+        then_claim: u32,
+        lease: Duration,
+    },
 }
 
 fn state() -> impl Strategy<Value = StepState> {
@@ -777,25 +902,40 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
     ];
     let count = prop_oneof![Just(0u32), Just(1u32), Just(u32::MAX), 0u32..20];
     prop_oneof![
-        (text(), text(), -2i32..3, text(), json_value(), json_value(), any::<i64>()).prop_map(
-            |(namespace, step, retry_limit, initiator, context, inputs, requested_at)| Call::Create {
-                namespace,
-                step,
-                retry_limit,
-                initiator,
-                context,
-                inputs,
-                requested_at,
-            }
-        ),
+        (
+            text(),
+            text(),
+            -2i32..3,
+            text(),
+            json_value(),
+            json_value(),
+            any::<i64>()
+        )
+            .prop_map(
+                |(namespace, step, retry_limit, initiator, context, inputs, requested_at)| {
+                    Call::Create {
+                        namespace,
+                        step,
+                        retry_limit,
+                        initiator,
+                        context,
+                        inputs,
+                        requested_at,
+                    }
+                }
+            ),
         (id(steps.clone()), state(), json_value())
             .prop_map(|(step, to, metadata)| Call::StepTransition { step, to, metadata }),
         (id(tasks.clone()), task_state(), json_value())
             .prop_map(|(task, to, metadata)| Call::TaskTransition { task, to, metadata }),
-        (id(tasks.clone()), json_value()).prop_map(|(task, metadata)| Call::Cancel { task, metadata }),
+        (id(tasks.clone()), json_value())
+            .prop_map(|(task, metadata)| Call::Cancel { task, metadata }),
         (id(tasks.clone()), json_value())
             .prop_map(|(task, metadata)| Call::Finalize { task, metadata }),
-        (count.clone(), prop::collection::vec(id(tasks.clone()), 0..4))
+        (
+            count.clone(),
+            prop::collection::vec(id(tasks.clone()), 0..4)
+        )
             .prop_map(|(max, among)| Call::FinalizeSettled { max, among }),
         (
             prop::option::of(prop::collection::vec(id(tasks.clone()), 0..4)),
@@ -811,9 +951,15 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
                 metadata,
                 kind
             }),
-        (claim.clone(), json_value()).prop_map(|(claim, results)| Call::Complete { claim, results }),
-        (claim.clone(), json_value(), prop::option::of(duration()))
-            .prop_map(|(claim, error, retry_after)| Call::Fail { claim, error, retry_after }),
+        (claim.clone(), json_value())
+            .prop_map(|(claim, results)| Call::Complete { claim, results }),
+        (claim.clone(), json_value(), prop::option::of(duration())).prop_map(
+            |(claim, error, retry_after)| Call::Fail {
+                claim,
+                error,
+                retry_after
+            }
+        ),
         (claim.clone(), duration()).prop_map(|(claim, lease)| Call::Extend { claim, lease }),
         prop::option::of(count.clone()).prop_map(|max| Call::ReleaseExpired { max }),
         (
@@ -823,13 +969,15 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
             count,
             duration()
         )
-            .prop_map(|(claims, payload, retry_after, then_claim, lease)| Call::Report {
-                claims,
-                payload,
-                retry_after,
-                then_claim,
-                lease
-            }),
+            .prop_map(
+                |(claims, payload, retry_after, then_claim, lease)| Call::Report {
+                    claims,
+                    payload,
+                    retry_after,
+                    then_claim,
+                    lease
+                }
+            ),
     ]
 }
 
@@ -847,8 +995,9 @@ fn make(conn: &mut PgConnection, call: &Call) -> tasker_diesel::Result<()> {
         } => {
             let template = TaskTemplate::new(namespace.as_str(), "flow", "1")
                 .step(StepTemplate::new(step.as_str()).retry_limit(*retry_limit));
-            let requested_at =
-                chrono::DateTime::from_timestamp_micros(*requested_at).map(|at| at.naive_utc()).unwrap_or_default();
+            let requested_at = chrono::DateTime::from_timestamp_micros(*requested_at)
+                .map(|at| at.naive_utc())
+                .unwrap_or_default();
             let request = TaskRequest::new(&template)
                 .initiator(initiator.as_str())
                 .context(context.clone())
@@ -928,14 +1077,19 @@ fn make(conn: &mut PgConnection, call: &Call) -> tasker_diesel::Result<()> {
 fn random_bad_input_through_every_write_call_is_refused_typed_and_writes_nothing() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    let tasks: Vec<i64> = (0..3).map(|n| new_task(&mut conn, &format!("p{n}"))).collect();
+    let tasks: Vec<i64> = (0..3)
+        .map(|n| new_task(&mut conn, &format!("p{n}")))
+        .collect();
     let poisoned = step_ids_of(&mut conn, tasks[2])[0];
     poison_inputs(&mut conn, poisoned);
     let mut steps = Vec::new();
     for &task in &tasks {
         steps.extend(step_ids_of(&mut conn, task));
     }
-    let claims: Vec<Claim> = claim(&mut conn, &tasks[..2], 2).iter().map(ClaimedStep::claim).collect();
+    let claims: Vec<Claim> = claim(&mut conn, &tasks[..2], 2)
+        .iter()
+        .map(ClaimedStep::claim)
+        .collect();
 
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 256,
@@ -972,6 +1126,9 @@ fn random_bad_input_through_every_write_call_is_refused_typed_and_writes_nothing
         })
         .unwrap();
     let (refused, written) = (refused.get(), written.get());
-    assert!(refused > 0 && written > 0, "{refused} refused, {written} written");
+    assert!(
+        refused > 0 && written > 0,
+        "{refused} refused, {written} written"
+    );
     assert_maintained_readiness(&mut conn.borrow_mut(), None);
 }

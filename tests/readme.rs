@@ -43,7 +43,9 @@ fn in_process_steps(conn: &mut PgConnection) -> i64 {
         .unwrap()
 }
 
-readme_example!(connecting, "0",
+readme_example!(
+    connecting,
+    "0",
     #[test]
     fn readme_connecting() {
         let db = TestDatabase::new();
@@ -51,7 +53,9 @@ readme_example!(connecting, "0",
     }
 );
 
-readme_example!(reading, "1",
+readme_example!(
+    reading,
+    "1",
     #[test]
     fn readme_reading() {
         let db = TestDatabase::new();
@@ -62,7 +66,9 @@ readme_example!(reading, "1",
     }
 );
 
-readme_example!(maintenance, "2",
+readme_example!(
+    maintenance,
+    "2",
     #[test]
     fn readme_maintenance() {
         let db = TestDatabase::new();
@@ -72,21 +78,31 @@ readme_example!(maintenance, "2",
     }
 );
 
-readme_example!(running, "3",
+readme_example!(
+    running,
+    "3",
     #[test]
     fn readme_running_workflows() {
         let db = TestDatabase::new();
         let mut conn = db.connection();
         run(&mut conn).unwrap();
         // validate completed, charge_card failed and waits for its retry.
-        let states: Vec<StepState> =
-            tasker_diesel::StepReadinessStatus::for_tasks(&[1]).load(&mut conn).unwrap()
-                .into_iter().map(|step| step.current_state).collect();
-        assert_eq!(states, [StepState::Complete, StepState::Pending, StepState::Pending]);
+        let states: Vec<StepState> = tasker_diesel::StepReadinessStatus::for_tasks(&[1])
+            .load(&mut conn)
+            .unwrap()
+            .into_iter()
+            .map(|step| step.current_state)
+            .collect();
+        assert_eq!(
+            states,
+            [StepState::Complete, StepState::Pending, StepState::Pending]
+        );
     }
 );
 
-readme_example!(worker_runtime, "4",
+readme_example!(
+    worker_runtime,
+    "4",
     #[test]
     fn readme_worker_runtime() {
         let db = TestDatabase::new();
@@ -94,7 +110,9 @@ readme_example!(worker_runtime, "4",
     }
 );
 
-readme_example!(dispatching, "5",
+readme_example!(
+    dispatching,
+    "5",
     #[test]
     fn readme_dispatching_runs_every_step_then_returns() {
         let db = TestDatabase::new();
@@ -106,19 +124,29 @@ readme_example!(dispatching, "5",
         .unwrap();
         worker(&mut conn, Duration::from_millis(300)).unwrap();
         let states: Vec<StepState> =
-            tasker_diesel::StepReadinessStatus::for_task(task.task.task_id).load(&mut conn).unwrap()
-                .into_iter().map(|step| step.current_state).collect();
+            tasker_diesel::StepReadinessStatus::for_task(task.task.task_id)
+                .load(&mut conn)
+                .unwrap()
+                .into_iter()
+                .map(|step| step.current_state)
+                .collect();
         assert_eq!(states, [StepState::Complete, StepState::Complete]);
     }
 );
 
-readme_example!(scaling_out, "6",
+readme_example!(
+    scaling_out,
+    "6",
     #[test]
     fn readme_scaling_out_claims_on_the_primary() {
         let db = TestDatabase::new();
         // The primary stands in for a standby too: it is not one, so every
         // read falls back to the primary, as the example says.
         serve(db.url(), &[db.url()], &order_template()).unwrap();
-        assert_eq!(in_process_steps(&mut db.connection()), 1, "the ready root step is claimed");
+        assert_eq!(
+            in_process_steps(&mut db.connection()),
+            1,
+            "the ready root step is claimed"
+        );
     }
 );

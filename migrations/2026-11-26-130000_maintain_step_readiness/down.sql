@@ -22,7 +22,8 @@ BEGIN
     IF retry_after_seconds < 0 THEN
         PERFORM tasker_refuse('invalid_argument',
             format('fail_step needs retry_after_seconds >= 0 or NULL, got %s', retry_after_seconds),
-            jsonb_build_object('retry_after_seconds', retry_after_seconds));
+            jsonb_build_object('argument', 'retry_after_seconds',
+                               'retry_after_seconds', retry_after_seconds));
     END IF;
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
     -- The delay this failure asks for, or none; the next start clears it (see

@@ -1212,6 +1212,12 @@ BEGIN
                                                 THEN 'max_steps' ELSE 'lease_seconds' END,
                                'max_steps', max_steps, 'lease_seconds', lease_seconds));
     END IF;
+    -- A claim on a standby (or in a read-only transaction) must fail, not find nothing: a
+    -- worker routed there by mistake would otherwise see no work at all.
+    IF current_setting('transaction_read_only')::boolean THEN
+        RAISE EXCEPTION 'claim_ready_steps cannot claim in a read-only transaction'
+            USING ERRCODE = 'read_only_sql_transaction';
+    END IF;
     IF step_filter IS NOT NULL THEN
         SELECT keys.any_task, keys.scoped INTO any_task, scoped
         FROM tasker_step_filter_keys(step_filter) AS keys;

@@ -25,5 +25,8 @@ pub fn calculate_dependency_levels(
     conn: &mut PgConnection,
     task_id: i64,
 ) -> Result<Vec<DependencyLevel>> {
-    Ok(FunctionCall::new("calculate_dependency_levels", task_id.into_sql::<BigInt>()).load(conn)?)
+    Ok(
+        FunctionCall::new("calculate_dependency_levels", task_id.into_sql::<BigInt>())
+            .load(conn)?,
+    )
 }

@@ -150,7 +150,7 @@ impl Filter {
 /// `(task_id, workflow_step_id)`.
 ///
 /// ```no_run
-/// # fn demo(conn: &mut diesel::PgConnection) -> diesel::QueryResult<()> {
+/// # fn demo(conn: &mut diesel::PgConnection) -> tasker_diesel::Result<()> {
 /// use tasker_diesel::readiness::StepReadinessStatus;
 ///
 /// let ready = StepReadinessStatus::for_task(42).ready_for_execution().load(conn)?;

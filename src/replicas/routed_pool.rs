@@ -214,7 +214,7 @@ impl Standby {
                 Err(error) => {
                     mark_broken(&mut conn);
                     if attempts_left == 0 {
-                        return Err(error.into());
+                        return Err(error);
                     }
                     attempts_left -= 1;
                 }

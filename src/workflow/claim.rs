@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::sql_types::Record;
 use diesel::pg::Pg;
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamp};
-use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::PgValue;
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamp};
 use diesel::{Connection, IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -315,7 +315,10 @@ impl FromSql<Jsonb, Pg> for JsonbText {
 impl ClaimRow {
     /// The claimed step, or its claim and why its inputs cannot be decoded.
     fn decode(self) -> std::result::Result<ClaimedStep, (Claim, String)> {
-        let inputs = match self.inputs.map(|raw| serde_json::from_slice::<Value>(&raw.0)) {
+        let inputs = match self
+            .inputs
+            .map(|raw| serde_json::from_slice::<Value>(&raw.0))
+        {
             None => None,
             Some(Ok(inputs)) => Some(inputs),
             Some(Err(error)) => {

@@ -279,6 +279,35 @@ fn a_claim_never_commits_steps_it_cannot_hand_over() {
     }
 }
 
+#[test]
+fn in_a_transaction_the_failure_of_an_undecodable_step_goes_with_the_claim() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let task = new_task(&mut conn, "poison in a transaction");
+    let [a, b, _c] = step_ids_of(&mut conn, task)[..] else {
+        unreachable!()
+    };
+    poison_inputs(&mut conn, a);
+    let before = digest(&mut conn);
+    let outcome = conn.transaction::<(), Error, _>(|conn| {
+        let claimed = claim(conn, &[task], 10);
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].workflow_step_id, b);
+        assert_eq!(
+            step_flags(conn, a),
+            (false, false),
+            "failed inside the transaction"
+        );
+        Err(Error::Query(diesel::result::Error::RollbackTransaction))
+    });
+    assert!(outcome.is_err());
+    assert_eq!(
+        digest(&mut conn),
+        before,
+        "the claim and the failure rolled back together"
+    );
+}
+
 // 3. What PostgreSQL cannot store --------------------------------------------------------
 
 #[test]

@@ -13,7 +13,7 @@ use tasker_diesel::workflow::{
     cancel_task, claim_ready_steps, complete_step, fail_step, finalize_task, resolve_step_manually,
     transition_task, transition_workflow_step, ClaimRequest, TransitionOptions,
 };
-use tasker_diesel::{ExecutionStatus, Refusal, StepState, TaskState};
+use tasker_diesel::{ExecutionStatus, Refusal, StepState, TaskExecutionContext, TaskState};
 
 mod support;
 use support::{
@@ -688,22 +688,25 @@ fn finalize_task_waits_for_the_retries_left_of_a_task_blocked_by_failures() {
 }
 
 #[test]
-fn finalize_task_of_a_cancelled_task_is_refused_as_an_illegal_move() {
+fn finalize_task_leaves_a_cancelled_task_cancelled() {
     let db = TestDatabase::new();
     let mut conn = db.connection();
     let fixture = support::task_with_steps(&mut conn, 2);
     let task_id = fixture.task.task_id;
     walk_step(&mut conn, fixture.steps[0].workflow_step_id, DONE);
     cancel_task(&mut conn, task_id, None).unwrap();
+    // Its steps' context reads all_complete / finalize_task ...
+    let context = TaskExecutionContext::find(&mut conn, task_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(context.execution_status, ExecutionStatus::AllComplete);
+    assert_eq!(context.next_action(), None);
     let before = snapshot(&mut conn);
 
+    // ... which does not make it complete.
     assert_eq!(
-        refusal(finalize_task(&mut conn, task_id, None)),
-        Refusal::IllegalTaskTransition {
-            task_id,
-            from: TaskState::Cancelled,
-            to: TaskState::Complete,
-        }
+        finalize_task(&mut conn, task_id, None).unwrap(),
+        TaskState::Cancelled
     );
     assert_nothing_written(&before, &snapshot(&mut conn), "finalize cancelled");
 }

@@ -607,3 +607,85 @@ fn errors_say_whether_to_retry() {
         .expect_err("a bad query");
     assert_eq!(bug.kind(), ErrorKind::Fatal);
 }
+
+/// What a handler returns that the database cannot take fails its step, not
+/// its batch: results with a NUL become a permanent failure that says so, and
+/// a delay beyond the schema's longest is that longest delay.
+#[test]
+fn results_the_database_cannot_store_fail_their_step_not_the_batch() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let template = TaskTemplate::new("worker_test", "unstorable", "1")
+        .step(StepTemplate::new("nul"))
+        .step(StepTemplate::new("forever"))
+        .step(StepTemplate::new("fine"));
+    create(&mut conn, &[template], 5);
+    let handlers = Handlers::new()
+        .on("nul", |_| Ok(json!({ "text": "a\u{0}b" })))
+        .on("forever", |_| {
+            Err(StepFailure::retryable(json!("later")).retry_after(Duration::MAX))
+        })
+        .on("fine", |_| Ok(json!({ "ok": true })));
+    let worker = Worker::builder(pool(&db, 5), handlers)
+        .threads(1)
+        .batch(15)
+        .build()
+        .expect("worker")
+        .start();
+    let started = Instant::now();
+    while worker.stats().completed + worker.stats().failed < 15
+        && started.elapsed() < Duration::from_secs(30)
+    {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let summary = worker.shutdown(Duration::from_secs(5));
+    assert_eq!(summary.stats.lost, 0, "{summary:?}");
+    assert_eq!(summary.stats.completed, 5, "{summary:?}");
+    let mut by_state = |state: StepState, retryable: bool| -> i64 {
+        steps::table
+            .filter(steps::current_state.eq(state))
+            .filter(steps::retryable.eq(retryable))
+            .count()
+            .get_result(&mut conn)
+            .expect("count")
+    };
+    // nul: failed for good; forever: failed, retryable, after the longest delay.
+    assert_eq!(by_state(StepState::Error, false), 5);
+    assert_eq!(by_state(StepState::Error, true), 5);
+    let delays: Vec<Option<i32>> = steps::table
+        .filter(steps::retryable.eq(true))
+        .filter(steps::current_state.eq(StepState::Error))
+        .select(steps::backoff_request_seconds)
+        .load(&mut conn)
+        .expect("delays");
+    assert!(
+        delays.iter().all(|delay| *delay == Some(i32::MAX)),
+        "{delays:?}"
+    );
+}
+
+#[test]
+fn a_worker_configuration_that_every_claim_would_refuse_is_refused_at_build() {
+    let db = TestDatabase::new();
+    let handlers = || Handlers::new().on("a", |_| Ok(json!({})));
+    let refused = |builder: tasker_diesel::worker::WorkerBuilder| match builder.build() {
+        Err(tasker_diesel::Error::Refused(tasker_diesel::Refusal::InvalidArgument {
+            message,
+            ..
+        })) => message,
+        Err(other) => panic!("expected InvalidArgument, got {other:?}"),
+        Ok(_) => panic!("built"),
+    };
+    let message = refused(Worker::builder(pool(&db, 6), handlers()).lease(Duration::MAX));
+    assert!(message.contains("lease"), "{message}");
+    let message = refused(Worker::builder(pool(&db, 6), handlers()).threads(usize::MAX));
+    assert!(message.contains("pool"), "{message}");
+    let message = refused(Worker::builder(
+        pool(&db, 6),
+        Handlers::new().on("a\u{0}", |_| Ok(json!({}))),
+    ));
+    assert!(message.contains("NUL"), "{message}");
+    let message =
+        refused(Worker::builder(pool(&db, 6), handlers()).metadata(json!({ "worker": "\u{0}" })));
+    assert!(message.contains("metadata"), "{message}");
+}

@@ -526,6 +526,10 @@ fn expected_finalize(
     rows: &[&StepReadinessStatus],
 ) -> Finalized {
     let status = context.status;
+    // Finished otherwise: left as it is, whatever the steps' context says.
+    if matches!(status, TaskState::Cancelled | TaskState::ResolvedManually) {
+        return Finalized::State(status, Vec::new());
+    }
     let walk = |path: Vec<TaskState>, result: TaskState| {
         let mut from = status;
         for &to in &path {

@@ -621,6 +621,11 @@ BEGIN
         PERFORM tasker_refuse('unknown_task', format('task %s does not exist', the_task_id),
                               jsonb_build_object('task_id', the_task_id));
     END IF;
+    -- Finished otherwise: left as it is (a cancelled task's context reads all_complete,
+    -- which must not turn it into a complete one).
+    IF ctx.status IN ('cancelled', 'resolved_manually') THEN
+        RETURN ctx.status;
+    END IF;
 
     IF ctx.execution_status = 'all_complete' THEN
         IF ctx.status = 'complete' THEN
@@ -656,4 +661,4 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION finalize_task(bigint, jsonb) IS
-    'Finalizes a task from its execution context: all_complete moves it to complete (through in_progress when still pending, and through pending and in_progress when in error after its failed steps were resolved; tasker_tasks.complete becomes true), blocked_by_failures moves it to error once no failed step has a retry left. The task''s unfinished steps are locked first, so no claim slips in between. Idempotent: a task already in that state is left as it is. Returns the task''s state. Refusals: unknown_task, task_not_finished (work remains, or a blocked task''s failed step still has a retry left), illegal_task_transition (for example a cancelled task).';
+    'Finalizes a task from its execution context: all_complete moves it to complete (through in_progress when still pending, and through pending and in_progress when in error after its failed steps were resolved; tasker_tasks.complete becomes true), blocked_by_failures moves it to error once no failed step has a retry left. The task''s unfinished steps are locked first, so no claim slips in between. Idempotent: a task already in that state is left as it is, and so is a task already cancelled or resolved_manually (its state is returned). Returns the task''s state. Refusals: unknown_task, task_not_finished (work remains, or a blocked task''s failed step still has a retry left).';

@@ -131,6 +131,13 @@ impl WorkerBuilder {
             ))
         } else if self.handlers.entries.is_empty() {
             Some("handlers: a worker needs at least one".to_owned())
+        } else if let Some(problem) = arguments::json_problem(&Value::Array(
+            self.handlers.kinds().map(StepKind::to_json).collect(),
+        )) {
+            // Every claim would be refused.
+            Some(format!("the handlers' step kinds: the filter {problem}"))
+        } else if let Some(problem) = arguments::json_problem(&config.metadata) {
+            Some(format!("metadata {problem}"))
         } else if (self.pool.max_size() as usize) < needed {
             Some(format!(
                 "the pool holds {} connections; {} threads need {needed} (one each, one for \

@@ -11,7 +11,7 @@ use diesel::pg::sql_types::Record;
 use diesel::pg::Pg;
 use diesel::pg::PgValue;
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamp};
-use diesel::{Connection, IntoSql, PgConnection, QueryableByName, RunQueryDsl};
+use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -94,7 +94,7 @@ impl StepKind {
     }
 
     /// The kind as the SQL step filter takes it.
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let mut fields = serde_json::Map::with_capacity(4);
         fields.insert("step".to_owned(), Value::from(self.step.as_str()));
         for (key, value) in [
@@ -245,34 +245,30 @@ pub struct Claim {
 /// kinds without NUL characters. Each task id costs at most one index probe
 /// when its task has nothing to claim (or does not exist).
 ///
-/// The claim and the reading of its rows are one transaction (a savepoint
-/// inside one opened with Diesel's [`Connection::transaction`]; a
-/// transaction opened with a raw `BEGIN` is unknown to Diesel and this
-/// commits it), so the caller gets every step the claim commits. A
-/// step whose `inputs` this crate cannot decode (valid jsonb that
-/// `serde_json` refuses, such as a number beyond `f64`, written by another
-/// writer) is not handed out, and not left claimed either: it is failed
-/// permanently in the same transaction, with `{"error": {"message": ...,
-/// "undecodable_inputs": true}}`, so its task is blocked and says why.
+/// The caller gets every step the claim takes. A step whose `inputs` this
+/// crate cannot decode (valid jsonb that `serde_json` refuses, such as a
+/// number beyond `f64`, written by another writer) is not handed out, and
+/// not left claimed either: it is failed permanently right after the claim
+/// (in the caller's transaction when there is one), with `{"error":
+/// {"message": ..., "undecodable_inputs": true}}`, so its task is blocked
+/// and says why. The other steps of the batch are handed out as usual.
 pub fn claim_ready_steps(
     conn: &mut PgConnection,
     request: &ClaimRequest<'_>,
 ) -> Result<Vec<ClaimedStep>> {
     let binds = request.binds(1)?;
-    conn.transaction(|conn| {
-        let rows: Vec<ClaimRow> = FunctionCall::new(
-            "claim_ready_steps",
-            (
-                binds.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
-                binds.max_steps.into_sql::<Integer>(),
-                binds.lease_seconds.into_sql::<Integer>(),
-                binds.metadata.into_sql::<Nullable<Jsonb>>(),
-                binds.step_filter.as_ref().into_sql::<Nullable<Jsonb>>(),
-            ),
-        )
-        .load(conn)?;
-        received(conn, rows)
-    })
+    let rows: Vec<ClaimRow> = FunctionCall::new(
+        "claim_ready_steps",
+        (
+            binds.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
+            binds.max_steps.into_sql::<Integer>(),
+            binds.lease_seconds.into_sql::<Integer>(),
+            binds.metadata.into_sql::<Nullable<Jsonb>>(),
+            binds.step_filter.as_ref().into_sql::<Nullable<Jsonb>>(),
+        ),
+    )
+    .load(conn)?;
+    received(conn, rows)
 }
 
 /// A row of `claim_ready_steps`, its inputs not yet decoded.
@@ -342,9 +338,18 @@ impl ClaimRow {
     }
 }
 
-/// The steps a claim hands out, in the claim's transaction: those whose
-/// inputs cannot be decoded are failed permanently instead (see
-/// [`claim_ready_steps`]).
+/// The steps a claim hands out: those whose inputs cannot be decoded are
+/// failed permanently instead (see [`claim_ready_steps`]).
+///
+/// Every row decodes but for the inputs, which are decoded here one by one,
+/// so one undecodable step cannot cost the caller the others. The failure
+/// is written by a second statement, only when there is such a step: the
+/// claim itself stays one round trip. In the caller's transaction the two
+/// commit or roll back together, and an error is returned. Outside one, the
+/// claim has committed by then, so the claimed steps are returned even if
+/// the second statement fails (the connection was lost, say): the
+/// undecodable steps then stay claimed until their lease expires, and are
+/// failed when next claimed.
 fn received(conn: &mut PgConnection, rows: Vec<ClaimRow>) -> Result<Vec<ClaimedStep>> {
     let mut claimed = Vec::with_capacity(rows.len());
     let mut undecodable = Vec::new();
@@ -365,13 +370,25 @@ fn received(conn: &mut PgConnection, rows: Vec<ClaimRow>) -> Result<Vec<ClaimedS
             .iter()
             .map(|(claim, error)| StepReport::fail_permanently(*claim, error))
             .collect();
-        // The claims are this transaction's own: a refusal here is a bug, and
-        // returning it rolls the claim back.
-        for reported in report_steps(conn, &reports)? {
-            reported.result.map_err(Error::Refused)?;
+        let failed = report_steps(conn, &reports).and_then(|reported| {
+            reported
+                .into_iter()
+                .try_for_each(|step| step.result.map(drop).map_err(Error::Refused))
+        });
+        if let Err(error) = failed {
+            if in_transaction(conn)? {
+                return Err(error);
+            }
         }
     }
     Ok(claimed)
+}
+
+/// Whether Diesel has a transaction open on `conn`.
+fn in_transaction(conn: &mut PgConnection) -> Result<bool> {
+    Ok(AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()?
+        .is_some())
 }
 
 /// Records a claimed step's `results` and moves it to `complete`
@@ -625,30 +642,28 @@ pub fn report_and_claim(
 ) -> Result<(Vec<ReportedStep>, Vec<ClaimedStep>)> {
     let binds = ReportBinds::new(reports)?;
     let claim = request.binds(0)?;
-    conn.transaction(|conn| {
-        let rows: Vec<ReportOrClaimRow> = FunctionCall::new(
-            "report_and_claim",
-            (
-                binds.step_ids.into_sql::<Array<BigInt>>(),
-                binds.claim_ids.into_sql::<Array<BigInt>>(),
-                binds.outcomes.into_sql::<Array<TaskerStepState>>(),
-                binds.payloads.into_sql::<Array<Jsonb>>(),
-                binds.retry_after.into_sql::<Array<Nullable<Integer>>>(),
-                claim.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
-                claim.max_steps.into_sql::<Integer>(),
-                claim.lease_seconds.into_sql::<Integer>(),
-                claim.metadata.into_sql::<Nullable<Jsonb>>(),
-                binds.permanent.into_sql::<Array<Bool>>(),
-                claim.step_filter.as_ref().into_sql::<Nullable<Jsonb>>(),
-            ),
-        )
-        .load(conn)?;
-        split_rows(conn, rows, reports.len())
-    })
+    let rows: Vec<ReportOrClaimRow> = FunctionCall::new(
+        "report_and_claim",
+        (
+            binds.step_ids.into_sql::<Array<BigInt>>(),
+            binds.claim_ids.into_sql::<Array<BigInt>>(),
+            binds.outcomes.into_sql::<Array<TaskerStepState>>(),
+            binds.payloads.into_sql::<Array<Jsonb>>(),
+            binds.retry_after.into_sql::<Array<Nullable<Integer>>>(),
+            claim.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
+            claim.max_steps.into_sql::<Integer>(),
+            claim.lease_seconds.into_sql::<Integer>(),
+            claim.metadata.into_sql::<Nullable<Jsonb>>(),
+            binds.permanent.into_sql::<Array<Bool>>(),
+            claim.step_filter.as_ref().into_sql::<Nullable<Jsonb>>(),
+        ),
+    )
+    .load(conn)?;
+    split_rows(conn, rows, reports.len())
 }
 
-/// The reports' outcomes and the claimed steps of `report_and_claim`'s rows,
-/// in its transaction (see [`received`]).
+/// The reports' outcomes and the claimed steps of `report_and_claim`'s rows
+/// (see [`received`]).
 fn split_rows(
     conn: &mut PgConnection,
     rows: Vec<ReportOrClaimRow>,
@@ -729,10 +744,7 @@ const BACKOFF_MARGIN: Duration = Duration::from_millis(5);
 /// [`Refusal::InvalidArgument`] inside a transaction, where notifications
 /// are not delivered.
 pub fn wait_for_claimable_work(conn: &mut PgConnection, timeout: Duration) -> Result<Wakeup> {
-    let in_transaction = AnsiTransactionManager::transaction_manager_status_mut(conn)
-        .transaction_depth()?
-        .is_some();
-    if in_transaction {
+    if in_transaction(conn)? {
         return Err(Error::Refused(Refusal::InvalidArgument {
             argument: "conn".to_owned(),
             message: "wait_for_claimable_work needs a connection outside a transaction: \

@@ -43,8 +43,10 @@ pub fn cancel_task(
 /// Finalizes a task (`finalize_task`): `Complete` when every step is done
 /// (`all_complete`; also for a task in `Error` whose failed steps were since
 /// resolved), `Error` when a step failed for good and nothing else can run
-/// (`blocked_by_failures`). Idempotent. Refused with
-/// [`crate::Refusal::TaskNotFinished`] while work remains.
+/// (`blocked_by_failures`). Idempotent. A task already `Cancelled` or
+/// `ResolvedManually` is left as it is and its state returned (a cancelled
+/// task's context reads `all_complete`, which must not complete it). Refused
+/// with [`crate::Refusal::TaskNotFinished`] while work remains.
 pub fn finalize_task(
     conn: &mut PgConnection,
     task_id: i64,

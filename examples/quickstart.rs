@@ -150,12 +150,17 @@ fn show(conn: &mut PgConnection, task_id: i64, title: &str) -> tasker_diesel::Re
         );
     }
     let context = TaskExecutionContext::find(conn, task_id)?.expect("the task exists");
+    // next_action: the recommended action, or none once the task is finished.
+    let next = context.next_action().map_or_else(
+        || "nothing left to do".to_owned(),
+        |action| action.to_string(),
+    );
     println!(
         "task {} ({}): {} -> {}, {}% complete, {} (ready {}, in progress {}, failed {})",
         context.task_id,
         context.status,
         context.execution_status,
-        context.recommended_action,
+        next,
         context.completion_percentage,
         context.health_status,
         context.ready_steps,

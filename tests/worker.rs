@@ -688,4 +688,7 @@ fn a_worker_configuration_that_every_claim_would_refuse_is_refused_at_build() {
     let message =
         refused(Worker::builder(pool(&db, 6), handlers()).metadata(json!({ "worker": "\u{0}" })));
     assert!(message.contains("metadata"), "{message}");
+    let never = handlers().limit(&StepKind::named("a"), 0);
+    let message = refused(Worker::builder(pool(&db, 6), never));
+    assert!(message.contains("limit"), "{message}");
 }

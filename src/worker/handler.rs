@@ -231,7 +231,8 @@ impl Handlers {
 
     /// This worker holds at most `max` steps of `kind` at once (claimed and
     /// not yet reported, over all its threads); other workers have their own
-    /// limits. Ignored for a kind without a handler.
+    /// limits. Ignored for a kind without a handler. At least 1:
+    /// [`WorkerBuilder::build`](super::WorkerBuilder::build) refuses 0.
     pub fn limit(mut self, kind: &StepKind, max: usize) -> Self {
         for entry in &mut self.entries {
             if &entry.kind == kind {

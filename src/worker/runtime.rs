@@ -136,6 +136,11 @@ impl WorkerBuilder {
         )) {
             // Every claim would be refused.
             Some(format!("the handlers' step kinds: the filter {problem}"))
+        } else if let Some(entry) = self.handlers.entries.iter().find(|e| e.limit == Some(0)) {
+            Some(format!(
+                "the limit of {:?} is 0: its steps would never run here (leave the kind out instead)",
+                entry.kind
+            ))
         } else if let Some(problem) = arguments::json_problem(&config.metadata) {
             Some(format!("metadata {problem}"))
         } else if (self.pool.max_size() as usize) < needed {

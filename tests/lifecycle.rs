@@ -712,6 +712,23 @@ fn finalize_task_leaves_a_cancelled_task_cancelled() {
 }
 
 #[test]
+fn finalize_task_leaves_a_task_resolved_manually_as_it_is() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let fixture = support::task_with_steps(&mut conn, 2);
+    let task_id = fixture.task.task_id;
+    support::transition_task(&mut conn, task_id, TaskState::Error);
+    support::transition_task(&mut conn, task_id, TaskState::ResolvedManually);
+    let before = snapshot(&mut conn);
+
+    assert_eq!(
+        finalize_task(&mut conn, task_id, None).unwrap(),
+        TaskState::ResolvedManually
+    );
+    assert_nothing_written(&before, &snapshot(&mut conn), "finalize resolved");
+}
+
+#[test]
 fn finalize_task_of_an_unknown_task_is_refused() {
     let db = TestDatabase::new();
     let mut conn = db.connection();

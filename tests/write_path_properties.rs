@@ -1798,6 +1798,14 @@ impl<'c> Run<'c> {
                             rows
                         );
                     }
+                    // Finished otherwise: returned as it was, nothing written.
+                    TaskState::Cancelled | TaskState::ResolvedManually => prop_assert_eq!(
+                        before.task_state(task_id),
+                        state,
+                        "finalize_task({}) returned {} for a task that was not",
+                        label,
+                        state
+                    ),
                     other => return Err(fail(format!("finalize_task({label}) returned {other}"))),
                 }
                 appended(

@@ -1254,14 +1254,16 @@ BEGIN
         ) AS candidate;
     ELSE
         -- A task id costs one probe of the runnable index when its task has nothing to
-        -- claim (or does not exist), before anything else is read of it (OFFSET 0 keeps
-        -- the task's state check from being pushed below that probe).
+        -- claim (or does not exist), before anything else is read of it: a scalar
+        -- subquery, run per id (an EXISTS may become a join that reads the whole active
+        -- set), and OFFSET 0 keeps the task's state check from being pushed below it.
         FOR wanted IN
             SELECT DISTINCT requested.task_id
             FROM (SELECT listed.task_id
                   FROM unnest(claim_ready_steps.task_ids) AS listed (task_id)
-                  WHERE EXISTS (SELECT FROM tasker_workflow_steps AS step
-                                 WHERE step.task_id = listed.task_id AND step.runnable)
+                  WHERE (SELECT true FROM tasker_workflow_steps AS step
+                          WHERE step.task_id = listed.task_id AND step.runnable
+                          LIMIT 1)
                   OFFSET 0) AS requested
             WHERE coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
                              WHERE t.task_id = requested.task_id AND t.most_recent),

@@ -17,12 +17,12 @@ use serde_json::{json, Value};
 use tasker_diesel::readiness::{readiness_drift, rebuild_readiness};
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
-    cancel_task, claim_ready_steps, complete_step, create_task, create_tasks, extend_step_claim,
-    fail_step, finalize_settled_tasks, finalize_task, release_expired_claims, release_steps,
-    report_and_claim, report_steps, resolve_step_manually, transition_task,
-    transition_workflow_step, wait_for_claimable_work, Claim, ClaimRequest, ClaimedStep, StepKind,
-    StepReport, StepTemplate, TaskRequest, TaskTemplate, TemplateError, TemplateField,
-    TransitionOptions,
+    cancel_task, claim_ready_steps, complete_step, complete_steps, create_task, create_tasks,
+    extend_step_claim, fail_step, fail_steps, finalize_settled_tasks, finalize_task,
+    release_expired_claims, release_steps, report_and_claim, report_steps, resolve_step_manually,
+    transition_task, transition_workflow_step, wait_for_claimable_work, Claim, ClaimRequest,
+    ClaimedStep, StepKind, StepReport, StepTemplate, TaskRequest, TaskTemplate, TemplateError,
+    TemplateField, TransitionOptions,
 };
 use tasker_diesel::{
     Error, ErrorKind, Refusal, StepReadinessStatus, StepState, TaskExecutionContext, TaskState,
@@ -826,9 +826,26 @@ fn duration() -> impl Strategy<Value = Duration> {
     ]
 }
 
+/// A count: the edges and ordinary ones.
+fn count() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        Just(0u32),
+        Just(1u32),
+        Just(i32::MAX as u32),
+        Just(i32::MAX as u32 + 1),
+        Just(u32::MAX),
+        0u32..20
+    ]
+}
+
 /// Text with NUL and control characters, sometimes longer than any column.
 fn text() -> impl Strategy<Value = String> {
-    prop_oneof!["[a-z]{1,6}", "[a-z\\x00-\\x1f]{0,8}", "[a-z]{120,300}",]
+    prop_oneof![
+        3 => "[a-z]{1,6}",
+        2 => "[a-z]{0,3}\\x00[a-z]{0,3}",
+        1 => "[a-z\\x01-\\x1f]{1,8}",
+        1 => "[a-z]{120,300}",
+    ]
 }
 
 /// JSON with such strings, as keys too, and numbers of every size serde
@@ -850,6 +867,18 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Whether PostgreSQL could not store `value` (a NUL in a string or key).
+fn json_has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(json_has_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(key, item)| key.contains('\0') || json_has_nul(item)),
+        _ => false,
+    }
+}
+
 /// An id: one of the database's, or any.
 fn id(known: Vec<i64>) -> impl Strategy<Value = i64> {
     prop_oneof![
@@ -860,25 +889,120 @@ fn id(known: Vec<i64>) -> impl Strategy<Value = i64> {
     ]
 }
 
+/// Every field of a template of one step and of a request for it.
+#[derive(Debug, Clone)]
+struct Request {
+    texts: [String; 6],
+    description: Option<String>,
+    identity_hash: Option<String>,
+    tags: Vec<String>,
+    retry_limit: i32,
+    context: Value,
+    inputs: Value,
+    requested_at: i64,
+}
+
+impl Request {
+    /// namespace, name, version, step, dependent system, initiator.
+    fn template(&self) -> TaskTemplate {
+        let [namespace, name, version, step, system, _] = &self.texts;
+        let template = TaskTemplate::new(namespace.as_str(), name.as_str(), version.as_str()).step(
+            StepTemplate::new(step.as_str())
+                .dependent_system(system.as_str())
+                .retry_limit(self.retry_limit),
+        );
+        match &self.description {
+            Some(description) => template.description(description.as_str()),
+            None => template,
+        }
+    }
+
+    fn requested_at(&self) -> chrono::NaiveDateTime {
+        chrono::DateTime::from_timestamp_micros(self.requested_at)
+            .map(|at| at.naive_utc())
+            .unwrap_or_default()
+    }
+
+    fn request<'a>(&self, template: &'a TaskTemplate) -> TaskRequest<'a> {
+        let mut request = TaskRequest::new(template)
+            .initiator(self.texts[5].as_str())
+            .source_system(self.texts[0].as_str())
+            .reason(self.texts[1].as_str())
+            .tags(self.tags.iter().map(String::as_str))
+            .context(self.context.clone())
+            .input(self.texts[3].as_str(), self.inputs.clone())
+            .requested_at(self.requested_at());
+        if let Some(hash) = &self.identity_hash {
+            request = request.identity_hash(hash.as_str());
+        }
+        request
+    }
+
+    /// Why the database could not take it, if it could not.
+    fn unstorable(&self) -> bool {
+        let earliest = NaiveDate::from_ymd_opt(-4713, 11, 24)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        self.texts
+            .iter()
+            .chain(&self.description)
+            .chain(&self.identity_hash)
+            .chain(&self.tags)
+            .any(|text| text.contains('\0'))
+            || self.retry_limit < 1
+            || json_has_nul(&self.context)
+            || json_has_nul(&self.inputs)
+            || self.requested_at() < earliest
+    }
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    (
+        [text(), text(), text(), text(), text(), text()],
+        prop::option::of(text()),
+        prop::option::of(text()),
+        prop::collection::vec(text(), 0..3),
+        prop_oneof![Just(-1i32), Just(0i32), 1i32..4, 1i32..4],
+        json_value(),
+        json_value(),
+        any::<i64>(),
+    )
+        .prop_map(
+            |(texts, description, identity_hash, tags, retry_limit, context, inputs, at)| Request {
+                texts,
+                description,
+                identity_hash,
+                tags,
+                retry_limit,
+                context,
+                inputs,
+                requested_at: at,
+            },
+        )
+}
+
+/// What a report of a batch says (`StepReport`'s constructors, in turn).
+const REPORT_KINDS: usize = 4;
+
 #[derive(Debug, Clone)]
 enum Call {
-    Create {
-        namespace: String,
-        step: String,
-        retry_limit: i32,
-        initiator: String,
-        context: Value,
-        inputs: Value,
-        requested_at: i64,
-    },
+    Create(Box<Request>),
+    CreateMany(Box<Request>),
     StepTransition {
         step: i64,
         to: StepState,
+        expecting: Option<StepState>,
         metadata: Value,
     },
     TaskTransition {
         task: i64,
         to: TaskState,
+        expecting: Option<TaskState>,
+        metadata: Value,
+    },
+    Resolve {
+        step: i64,
         metadata: Value,
     },
     Cancel {
@@ -892,13 +1016,14 @@ enum Call {
     FinalizeSettled {
         max: u32,
         among: Vec<i64>,
+        metadata: Value,
     },
     Claim {
         tasks: Option<Vec<i64>>,
         max: u32,
         lease: Duration,
         metadata: Value,
-        kind: String,
+        kind: Option<(String, String)>,
     },
     Complete {
         claim: Claim,
@@ -916,13 +1041,92 @@ enum Call {
     ReleaseExpired {
         max: Option<u32>,
     },
+    /// `report_steps`, or `report_and_claim` when `then_claim` is given.
     Report {
         claims: Vec<Claim>,
         payload: Value,
         retry_after: Option<Duration>,
-        then_claim: u32,
-        lease: Duration,
+        then_claim: Option<(u32, Duration)>,
     },
+    CompleteMany {
+        claims: Vec<Claim>,
+        results: Value,
+    },
+    FailMany {
+        claims: Vec<Claim>,
+        error: Value,
+        retry_after: Option<Duration>,
+    },
+    ReleaseMany {
+        claims: Vec<Claim>,
+        reason: Value,
+    },
+}
+
+impl Call {
+    /// Whether the call's arguments are ones it must refuse whatever the
+    /// database holds: JSON or text with a NUL, a duration or count outside
+    /// its range, a request that cannot be stored.
+    fn must_be_refused(&self) -> bool {
+        let lease_out = |lease: &Duration| lease.is_zero() || *lease > MAX_DURATION;
+        let delay_out = |delay: &Option<Duration>| delay.is_some_and(|d| d > MAX_DURATION);
+        let count_out = |count: u32, min: u32| count < min || count > i32::MAX as u32;
+        match self {
+            Call::Create(request) | Call::CreateMany(request) => request.unstorable(),
+            Call::StepTransition { metadata, .. }
+            | Call::TaskTransition { metadata, .. }
+            | Call::Resolve { metadata, .. }
+            | Call::Cancel { metadata, .. }
+            | Call::Finalize { metadata, .. } => json_has_nul(metadata),
+            Call::FinalizeSettled { max, metadata, .. } => {
+                count_out(*max, 1) || json_has_nul(metadata)
+            }
+            Call::Claim {
+                max,
+                lease,
+                metadata,
+                kind,
+                ..
+            } => {
+                count_out(*max, 1)
+                    || lease_out(lease)
+                    || json_has_nul(metadata)
+                    || kind
+                        .as_ref()
+                        .is_some_and(|(step, task)| step.contains('\0') || task.contains('\0'))
+            }
+            Call::Complete { results, .. } => json_has_nul(results),
+            Call::Fail {
+                error, retry_after, ..
+            } => json_has_nul(error) || delay_out(retry_after),
+            Call::Extend { lease, .. } => lease_out(lease),
+            Call::ReleaseExpired { max } => max.is_some_and(|max| count_out(max, 0)),
+            Call::Report {
+                claims,
+                payload,
+                retry_after,
+                then_claim,
+            } => {
+                let fails = (0..claims.len()).any(|index| index % REPORT_KINDS == 1);
+                (!claims.is_empty() && json_has_nul(payload))
+                    || (fails && delay_out(retry_after))
+                    || then_claim.is_some_and(|(max, lease)| count_out(max, 0) || lease_out(&lease))
+            }
+            Call::CompleteMany {
+                claims,
+                results: payload,
+            }
+            | Call::ReleaseMany {
+                claims,
+                reason: payload,
+            } => !claims.is_empty() && json_has_nul(payload),
+            Call::FailMany {
+                claims,
+                error,
+                retry_after,
+            } => !claims.is_empty() && (json_has_nul(error) || delay_out(retry_after)),
+        }
+    }
 }
 
 fn state() -> impl Strategy<Value = StepState> {
@@ -955,49 +1159,48 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
             claim_id: c
         }),
     ];
-    let count = prop_oneof![Just(0u32), Just(1u32), Just(u32::MAX), 0u32..20];
+    let claims = prop::collection::vec(claim.clone(), 0..5);
+    let task = || id(tasks.clone());
+    let step = || id(steps.clone());
     prop_oneof![
+        request().prop_map(|request| Call::Create(Box::new(request))),
+        request().prop_map(|request| Call::CreateMany(Box::new(request))),
+        (step(), state(), prop::option::of(state()), json_value()).prop_map(
+            |(step, to, expecting, metadata)| Call::StepTransition {
+                step,
+                to,
+                expecting,
+                metadata
+            }
+        ),
         (
-            text(),
-            text(),
-            -2i32..3,
-            text(),
-            json_value(),
-            json_value(),
-            any::<i64>()
+            task(),
+            task_state(),
+            prop::option::of(task_state()),
+            json_value()
         )
-            .prop_map(
-                |(namespace, step, retry_limit, initiator, context, inputs, requested_at)| {
-                    Call::Create {
-                        namespace,
-                        step,
-                        retry_limit,
-                        initiator,
-                        context,
-                        inputs,
-                        requested_at,
-                    }
-                }
-            ),
-        (id(steps.clone()), state(), json_value())
-            .prop_map(|(step, to, metadata)| Call::StepTransition { step, to, metadata }),
-        (id(tasks.clone()), task_state(), json_value())
-            .prop_map(|(task, to, metadata)| Call::TaskTransition { task, to, metadata }),
-        (id(tasks.clone()), json_value())
-            .prop_map(|(task, metadata)| Call::Cancel { task, metadata }),
-        (id(tasks.clone()), json_value())
-            .prop_map(|(task, metadata)| Call::Finalize { task, metadata }),
+            .prop_map(|(task, to, expecting, metadata)| Call::TaskTransition {
+                task,
+                to,
+                expecting,
+                metadata
+            }),
+        (step(), json_value()).prop_map(|(step, metadata)| Call::Resolve { step, metadata }),
+        (task(), json_value()).prop_map(|(task, metadata)| Call::Cancel { task, metadata }),
+        (task(), json_value()).prop_map(|(task, metadata)| Call::Finalize { task, metadata }),
+        (count(), prop::collection::vec(task(), 0..4), json_value()).prop_map(
+            |(max, among, metadata)| Call::FinalizeSettled {
+                max,
+                among,
+                metadata
+            }
+        ),
         (
-            count.clone(),
-            prop::collection::vec(id(tasks.clone()), 0..4)
-        )
-            .prop_map(|(max, among)| Call::FinalizeSettled { max, among }),
-        (
-            prop::option::of(prop::collection::vec(id(tasks.clone()), 0..4)),
-            count.clone(),
+            prop::option::of(prop::collection::vec(task(), 0..4)),
+            count(),
             duration(),
             json_value(),
-            text()
+            prop::option::of((text(), text()))
         )
             .prop_map(|(tasks, max, lease, metadata, kind)| Call::Claim {
                 tasks,
@@ -1015,70 +1218,86 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
                 retry_after
             }
         ),
-        (claim.clone(), duration()).prop_map(|(claim, lease)| Call::Extend { claim, lease }),
-        prop::option::of(count.clone()).prop_map(|max| Call::ReleaseExpired { max }),
+        (claim, duration()).prop_map(|(claim, lease)| Call::Extend { claim, lease }),
+        prop::option::of(count()).prop_map(|max| Call::ReleaseExpired { max }),
         (
-            prop::collection::vec(claim, 0..3),
+            claims.clone(),
             json_value(),
             prop::option::of(duration()),
-            count,
-            duration()
+            prop::option::of((count(), duration()))
         )
-            .prop_map(
-                |(claims, payload, retry_after, then_claim, lease)| Call::Report {
-                    claims,
-                    payload,
-                    retry_after,
-                    then_claim,
-                    lease
-                }
-            ),
+            .prop_map(|(claims, payload, retry_after, then_claim)| Call::Report {
+                claims,
+                payload,
+                retry_after,
+                then_claim
+            }),
+        (claims.clone(), json_value())
+            .prop_map(|(claims, results)| Call::CompleteMany { claims, results }),
+        (claims.clone(), json_value(), prop::option::of(duration())).prop_map(
+            |(claims, error, retry_after)| Call::FailMany {
+                claims,
+                error,
+                retry_after
+            }
+        ),
+        (claims, json_value()).prop_map(|(claims, reason)| Call::ReleaseMany { claims, reason }),
     ]
 }
 
-/// Makes the call; `Ok` with whether it wrote, or the error.
+/// Makes the call.
 fn make(conn: &mut PgConnection, call: &Call) -> tasker_diesel::Result<()> {
     match call {
-        Call::Create {
-            namespace,
-            step,
-            retry_limit,
-            initiator,
-            context,
-            inputs,
-            requested_at,
-        } => {
-            let template = TaskTemplate::new(namespace.as_str(), "flow", "1")
-                .step(StepTemplate::new(step.as_str()).retry_limit(*retry_limit));
-            let requested_at = chrono::DateTime::from_timestamp_micros(*requested_at)
-                .map(|at| at.naive_utc())
-                .unwrap_or_default();
-            let request = TaskRequest::new(&template)
-                .initiator(initiator.as_str())
-                .context(context.clone())
-                .input(step.as_str(), inputs.clone())
-                .requested_at(requested_at);
-            create_task(conn, &request).map(drop)
+        Call::Create(request) => {
+            let template = request.template();
+            create_task(conn, &request.request(&template)).map(drop)
         }
-        Call::StepTransition { step, to, metadata } => transition_workflow_step(
+        Call::CreateMany(request) => {
+            let valid = template();
+            let template = request.template();
+            let batch = [TaskRequest::new(&valid), request.request(&template)];
+            create_tasks(conn, &batch).map(drop)
+        }
+        Call::StepTransition {
+            step,
+            to,
+            expecting,
+            metadata,
+        } => transition_workflow_step(
             conn,
             *step,
             *to,
-            TransitionOptions::default().with_metadata(metadata),
+            TransitionOptions {
+                expected: *expecting,
+                metadata: Some(metadata),
+            },
         )
         .map(drop),
-        Call::TaskTransition { task, to, metadata } => transition_task(
+        Call::TaskTransition {
+            task,
+            to,
+            expecting,
+            metadata,
+        } => transition_task(
             conn,
             *task,
             *to,
-            TransitionOptions::default().with_metadata(metadata),
+            TransitionOptions {
+                expected: *expecting,
+                metadata: Some(metadata),
+            },
         )
         .map(drop),
+        Call::Resolve { step, metadata } => {
+            resolve_step_manually(conn, *step, Some(metadata)).map(drop)
+        }
         Call::Cancel { task, metadata } => cancel_task(conn, *task, Some(metadata)).map(drop),
         Call::Finalize { task, metadata } => finalize_task(conn, *task, Some(metadata)).map(drop),
-        Call::FinalizeSettled { max, among } => {
-            finalize_settled_tasks(conn, *max, Some(among), None).map(drop)
-        }
+        Call::FinalizeSettled {
+            max,
+            among,
+            metadata,
+        } => finalize_settled_tasks(conn, *max, Some(among), Some(metadata)).map(drop),
         Call::Claim {
             tasks,
             max,
@@ -1086,10 +1305,15 @@ fn make(conn: &mut PgConnection, call: &Call) -> tasker_diesel::Result<()> {
             metadata,
             kind,
         } => {
-            let kinds = [StepKind::named(kind.as_str())];
+            let kinds: Vec<StepKind> = kind
+                .iter()
+                .map(|(step, task)| {
+                    StepKind::named(step.as_str()).in_task("hardening", task.as_str())
+                })
+                .collect();
             let mut request = ClaimRequest::any_task(*max, *lease).with_metadata(metadata);
             request.task_ids = tasks.as_deref();
-            if kind.len() % 2 == 0 {
+            if kind.is_some() {
                 request = request.only(&kinds);
             }
             claim_ready_steps(conn, &request).map(drop)
@@ -1107,24 +1331,42 @@ fn make(conn: &mut PgConnection, call: &Call) -> tasker_diesel::Result<()> {
             payload,
             retry_after,
             then_claim,
-            lease,
         } => {
             let reports: Vec<StepReport<'_>> = claims
                 .iter()
                 .enumerate()
-                .map(|(index, &claim)| match index % 3 {
+                .map(|(index, &claim)| match index % REPORT_KINDS {
                     0 => StepReport::complete(claim, payload),
                     1 => StepReport::fail(claim, payload, *retry_after),
+                    2 => StepReport::fail_permanently(claim, payload),
                     _ => StepReport::release(claim, payload),
                 })
                 .collect();
-            if *then_claim == 0 && reports.len() % 2 == 0 {
-                report_steps(conn, &reports).map(drop)
-            } else {
-                report_and_claim(conn, &reports, &ClaimRequest::any_task(*then_claim, *lease))
-                    .map(drop)
+            match then_claim {
+                None => report_steps(conn, &reports).map(drop),
+                Some((max, lease)) => {
+                    report_and_claim(conn, &reports, &ClaimRequest::any_task(*max, *lease))
+                        .map(drop)
+                }
             }
         }
+        Call::CompleteMany { claims, results } => {
+            let completed: Vec<(Claim, &Value)> =
+                claims.iter().map(|&claim| (claim, results)).collect();
+            complete_steps(conn, &completed).map(drop)
+        }
+        Call::FailMany {
+            claims,
+            error,
+            retry_after,
+        } => {
+            let failed: Vec<(Claim, &Value, Option<Duration>)> = claims
+                .iter()
+                .map(|&claim| (claim, error, *retry_after))
+                .collect();
+            fail_steps(conn, &failed).map(drop)
+        }
+        Call::ReleaseMany { claims, reason } => release_steps(conn, claims, reason).map(drop),
     }
 }
 
@@ -1147,19 +1389,24 @@ fn random_bad_input_through_every_write_call_is_refused_typed_and_writes_nothing
         .collect();
 
     let mut runner = TestRunner::new(ProptestConfig {
-        cases: 256,
+        cases: 512,
         failure_persistence: None,
         ..ProptestConfig::default()
     });
     // The runner takes a `Fn`: the connection and the tallies are cells.
     let conn = RefCell::new(conn);
-    let (refused, written) = (Cell::new(0), Cell::new(0));
+    let (refused, written, bad) = (Cell::new(0), Cell::new(0), Cell::new(0));
     runner
         .run(&call(tasks.clone(), steps, claims), |call| {
             let conn = &mut *conn.borrow_mut();
             let before = digest(conn);
+            let must_be_refused = call.must_be_refused();
+            bad.set(bad.get() + usize::from(must_be_refused));
             match make(conn, &call) {
-                Ok(()) => written.set(written.get() + 1),
+                Ok(()) => {
+                    prop_assert!(!must_be_refused, "{:?} was taken", call);
+                    written.set(written.get() + 1);
+                }
                 Err(error) => {
                     refused.set(refused.get() + 1);
                     prop_assert!(
@@ -1180,10 +1427,10 @@ fn random_bad_input_through_every_write_call_is_refused_typed_and_writes_nothing
             Ok(())
         })
         .unwrap();
-    let (refused, written) = (refused.get(), written.get());
+    let (refused, written, bad) = (refused.get(), written.get(), bad.get());
     assert!(
-        refused > 0 && written > 0,
-        "{refused} refused, {written} written"
+        written > 20 && bad > 100 && refused >= bad,
+        "{refused} refused ({bad} bad), {written} written"
     );
     assert_maintained_readiness(&mut conn.borrow_mut(), None);
 }

@@ -134,9 +134,17 @@ pub(crate) fn json(argument: &str, value: &Value) -> Result<(), Refusal> {
     }
 }
 
-/// [`json`] for an optional argument.
-pub(crate) fn optional_json(argument: &str, value: Option<&Value>) -> Result<(), Refusal> {
-    value.map_or(Ok(()), |value| json(argument, value))
+/// Transition metadata: a JSON object (the Rails engine reads it as a Hash)
+/// that jsonb can hold; `None` stores `{}`.
+pub(crate) fn metadata(argument: &str, value: Option<&Value>) -> Result<(), Refusal> {
+    match value {
+        None => Ok(()),
+        Some(value) if !value.is_object() => Err(refuse(
+            argument,
+            format!("{argument} must be a JSON object, got {value}"),
+        )),
+        Some(value) => json(argument, value),
+    }
 }
 
 /// A timestamp PostgreSQL can store; names the range otherwise.

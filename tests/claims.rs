@@ -731,7 +731,11 @@ fn fail_step_stores_the_error_and_leaves_the_step_unprocessed() {
     let failed = fail_step(&mut conn, claimed.claim(), &error, None).unwrap();
     assert_eq!(failed.to_state, StepState::Error);
     assert_eq!(failed.from_state, Some(InProgress));
-    assert_eq!(failed.metadata, Some(json!({"error": error})));
+    // error_message, for the Rails engine: the error's message.
+    assert_eq!(
+        failed.metadata,
+        Some(json!({"error": error, "error_message": "card declined"}))
+    );
 
     let row = step_row(&mut conn, step_id);
     assert!(!row.in_process);

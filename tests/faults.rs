@@ -486,7 +486,10 @@ fn worker_killed_mid_fail_leaves_no_failure_and_its_claim_valid() {
     let failed =
         fail_step(&mut fresh, claim, &json!({"boom": 2}), retry_after).expect("fail again");
     assert_eq!(failed.to_state, StepState::Error);
-    assert_eq!(failed.metadata, Some(json!({"error": {"boom": 2}})));
+    assert_eq!(
+        failed.metadata,
+        Some(json!({"error": {"boom": 2}, "error_message": "{\"boom\": 2}"}))
+    );
     let after = TaskRecord::read(&mut fresh, task_id);
     assert_eq!(
         after.history(root),

@@ -512,6 +512,21 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
         )),
         "metadata"
     );
+    // Metadata is a JSON object: the Rails engine reads it as a Hash.
+    for not_an_object in [json!("done"), json!([1]), json!(null), json!(3)] {
+        assert_eq!(
+            refused_argument(resolve_step_manually(
+                &mut conn,
+                step.workflow_step_id,
+                Some(&not_an_object)
+            )),
+            "metadata"
+        );
+        assert_eq!(
+            refused_argument(cancel_task(&mut conn, task, Some(&not_an_object))),
+            "metadata"
+        );
+    }
     assert_nothing_written(&before, &snapshot(&mut conn), "refused writes");
 }
 
@@ -867,6 +882,20 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Transition metadata: mostly JSON objects, as it must be, sometimes not.
+fn metadata_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        3 => prop::collection::btree_map(text(), json_value(), 0..3)
+            .prop_map(|map| Value::Object(map.into_iter().collect())),
+        1 => json_value(),
+    ]
+}
+
+/// Metadata a call must refuse: not an object, or with a NUL.
+fn bad_metadata(value: &Value) -> bool {
+    !value.is_object() || json_has_nul(value)
+}
+
 /// Whether PostgreSQL could not store `value` (a NUL in a string or key).
 fn json_has_nul(value: &Value) -> bool {
     match value {
@@ -1077,9 +1106,9 @@ impl Call {
             | Call::TaskTransition { metadata, .. }
             | Call::Resolve { metadata, .. }
             | Call::Cancel { metadata, .. }
-            | Call::Finalize { metadata, .. } => json_has_nul(metadata),
+            | Call::Finalize { metadata, .. } => bad_metadata(metadata),
             Call::FinalizeSettled { max, metadata, .. } => {
-                count_out(*max, 1) || json_has_nul(metadata)
+                count_out(*max, 1) || bad_metadata(metadata)
             }
             Call::Claim {
                 max,
@@ -1090,7 +1119,7 @@ impl Call {
             } => {
                 count_out(*max, 1)
                     || lease_out(lease)
-                    || json_has_nul(metadata)
+                    || bad_metadata(metadata)
                     || kind
                         .as_ref()
                         .is_some_and(|(step, task)| step.contains('\0') || task.contains('\0'))
@@ -1165,7 +1194,7 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
     prop_oneof![
         request().prop_map(|request| Call::Create(Box::new(request))),
         request().prop_map(|request| Call::CreateMany(Box::new(request))),
-        (step(), state(), prop::option::of(state()), json_value()).prop_map(
+        (step(), state(), prop::option::of(state()), metadata_value()).prop_map(
             |(step, to, expecting, metadata)| Call::StepTransition {
                 step,
                 to,
@@ -1177,7 +1206,7 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
             task(),
             task_state(),
             prop::option::of(task_state()),
-            json_value()
+            metadata_value()
         )
             .prop_map(|(task, to, expecting, metadata)| Call::TaskTransition {
                 task,
@@ -1185,10 +1214,10 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
                 expecting,
                 metadata
             }),
-        (step(), json_value()).prop_map(|(step, metadata)| Call::Resolve { step, metadata }),
-        (task(), json_value()).prop_map(|(task, metadata)| Call::Cancel { task, metadata }),
-        (task(), json_value()).prop_map(|(task, metadata)| Call::Finalize { task, metadata }),
-        (count(), prop::collection::vec(task(), 0..4), json_value()).prop_map(
+        (step(), metadata_value()).prop_map(|(step, metadata)| Call::Resolve { step, metadata }),
+        (task(), metadata_value()).prop_map(|(task, metadata)| Call::Cancel { task, metadata }),
+        (task(), metadata_value()).prop_map(|(task, metadata)| Call::Finalize { task, metadata }),
+        (count(), prop::collection::vec(task(), 0..4), metadata_value()).prop_map(
             |(max, among, metadata)| Call::FinalizeSettled {
                 max,
                 among,
@@ -1199,7 +1228,7 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
             prop::option::of(prop::collection::vec(task(), 0..4)),
             count(),
             duration(),
-            json_value(),
+            metadata_value(),
             prop::option::of((text(), text()))
         )
             .prop_map(|(tasks, max, lease, metadata, kind)| Call::Claim {

@@ -1397,11 +1397,18 @@ impl<'c> Run<'c> {
             (Op::Fail(_, retry_after), Done::Transition(transition)) => {
                 let added = appended(&label, old_history, new_history, &[StepState::Error])?;
                 prop_assert_eq!(&added[0], &transition, "{}: the returned transition", label);
+                let metadata = transition.metadata.clone().unwrap_or_default();
                 prop_assert_eq!(
-                    &transition.metadata,
-                    &Some(json!({ "error": payload })),
-                    "{}: the error is the metadata",
+                    &metadata["error"],
+                    &payload,
+                    "{}: the error is in the metadata",
                     label
+                );
+                prop_assert!(
+                    metadata["error_message"].is_string(),
+                    "{}: the error's text for the Rails engine, in {}",
+                    label,
+                    metadata
                 );
                 prop_assert_eq!(
                     new.backoff_request_seconds,

@@ -13,6 +13,7 @@ DROP FUNCTION transition_workflow_step(bigint, tasker_step_state, jsonb, tasker_
 DROP FUNCTION tasker_task_transition_allowed(tasker_task_state, tasker_task_state);
 DROP FUNCTION tasker_step_transition_allowed(tasker_step_state, tasker_step_state);
 DROP FUNCTION tasker_refuse(text, text, jsonb);
+DROP FUNCTION tasker_failure_metadata(jsonb);
 DROP INDEX tasker_workflow_steps_claimable_idx;
 DROP INDEX tasker_workflow_steps_claimed_until_idx;
 ALTER TABLE tasker_workflow_steps DROP COLUMN claimed_until;

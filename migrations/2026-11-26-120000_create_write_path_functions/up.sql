@@ -40,6 +40,23 @@ CREATE INDEX tasker_workflow_steps_claimable_idx
     ON tasker_workflow_steps (task_id, workflow_step_id)
     WHERE NOT processed AND NOT in_process;
 
+-- What a failed attempt's transition records: the crate's {"error": ...} and the
+-- error_message the Rails engine's transition formatter reads, as text.
+CREATE FUNCTION tasker_failure_metadata(error jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$
+    SELECT jsonb_build_object(
+        'error', error,
+        'error_message', CASE jsonb_typeof(error)
+                             WHEN 'string' THEN error #>> '{}'
+                             WHEN 'object' THEN coalesce(error ->> 'message', error::text)
+                             ELSE error::text
+                         END)
+$$;
+COMMENT ON FUNCTION tasker_failure_metadata(jsonb) IS
+    'The metadata of a failure transition: {"error": error, "error_message": text}, the text being the error itself when it is a JSON string, its "message" when it is an object that has one, else its JSON text (the Rails engine reads error_message).';
+
 CREATE FUNCTION tasker_refuse(refusal text, message text, detail jsonb)
 RETURNS void
 LANGUAGE plpgsql
@@ -514,11 +531,11 @@ BEGIN
     UPDATE tasker_workflow_steps AS s SET backoff_request_seconds = retry_after_seconds
     WHERE s.workflow_step_id = fail_step.workflow_step_id;
     RETURN transition_workflow_step(workflow_step_id, 'error',
-                                    jsonb_build_object('error', error_info), 'in_progress');
+                                    tasker_failure_metadata(error_info), 'in_progress');
 END;
 $$;
 COMMENT ON FUNCTION fail_step(bigint, bigint, jsonb, integer) IS
-    'Records the failure of a claimed step: moves it to error with {"error": error_info} as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL: no requested delay). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
+    'Records the failure of a claimed step: moves it to error with tasker_failure_metadata(error_info) ({"error": error_info, "error_message": its text}) as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL: no requested delay). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
 
 CREATE FUNCTION release_expired_claims(max_steps integer DEFAULT NULL)
 RETURNS SETOF bigint
@@ -543,7 +560,7 @@ BEGIN
         FOR NO KEY UPDATE OF s SKIP LOCKED
     LOOP
         PERFORM transition_workflow_step(expired.workflow_step_id, 'error',
-            jsonb_build_object('error', jsonb_build_object(
+            tasker_failure_metadata(jsonb_build_object(
                 'message', 'claim expired', 'claim_id', expired.claim_id,
                 'claimed_until', expired.claimed_until)),
             'in_progress');

@@ -31,11 +31,11 @@ BEGIN
     UPDATE tasker_workflow_steps AS s SET backoff_request_seconds = retry_after_seconds
     WHERE s.workflow_step_id = fail_step.workflow_step_id;
     RETURN transition_workflow_step(workflow_step_id, 'error',
-                                    jsonb_build_object('error', error_info), 'in_progress');
+                                    tasker_failure_metadata(error_info), 'in_progress');
 END;
 $$;
 COMMENT ON FUNCTION fail_step(bigint, bigint, jsonb, integer) IS
-    'Records the failure of a claimed step: moves it to error with {"error": error_info} as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL: no requested delay). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
+    'Records the failure of a claimed step: moves it to error with tasker_failure_metadata(error_info) ({"error": error_info, "error_message": its text}) as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL: no requested delay). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
 
 CREATE OR REPLACE FUNCTION complete_step(
     workflow_step_id bigint,

@@ -1575,8 +1575,8 @@ BEGIN
                    END AS to_state,
                    CASE i.outcome
                        WHEN 'complete' THEN coalesce(report_steps.metadata, '{}')
-                       WHEN 'error' THEN jsonb_build_object('error', i.payload)
-                       ELSE jsonb_build_object('error', i.payload, 'released', true)
+                       WHEN 'error' THEN tasker_failure_metadata(i.payload)
+                       ELSE tasker_failure_metadata(i.payload) || '{"released": true}'::jsonb
                    END AS metadata
         ) AS recorded
         CROSS JOIN LATERAL (
@@ -1684,7 +1684,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb, boolean[]) IS
-    'Reports the results of many claimed steps in one statement, one row per step in the order given. Outcome complete records the payload as the step''s results and completes it (metadata in the transition); outcome error moves it to error with {"error": payload} as the transition metadata and the step''s retry delay (retry_after_seconds, NULL: none) as backoff_request_seconds, and when its permanent flag is true makes the step not retryable; outcome pending releases the claim: error with {"error": payload, "released": true}, then pending, the attempt not counted, claimable at once. Each result is checked on its own: one whose claim no longer holds (or whose delay is negative) is refused in its row, transition_id NULL, and the others are written; a result reported again under the same claim (same outcome and payload) is not written twice, its row gives the transition the first report wrote. Refused as a whole (invalid_argument) when the arrays differ in length, an outcome is not complete, error or pending, or a step appears twice.';
+    'Reports the results of many claimed steps in one statement, one row per step in the order given. Outcome complete records the payload as the step''s results and completes it (metadata in the transition); outcome error moves it to error with tasker_failure_metadata(payload) ({"error": payload, "error_message": its text}) as the transition metadata and the step''s retry delay (retry_after_seconds, NULL: none) as backoff_request_seconds, and when its permanent flag is true makes the step not retryable; outcome pending releases the claim: error with that metadata and "released": true, then pending, the attempt not counted, claimable at once. Each result is checked on its own: one whose claim no longer holds (or whose delay is negative) is refused in its row, transition_id NULL, and the others are written; a result reported again under the same claim (same outcome and payload) is not written twice, its row gives the transition the first report wrote. Refused as a whole (invalid_argument) when the arrays differ in length, an outcome is not complete, error or pending, or a step appears twice.';
 
 -- The single-step calls are the one-element case; a refusal is raised.
 CREATE FUNCTION tasker_reported_transition(outcome tasker_step_report_row)

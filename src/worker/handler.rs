@@ -27,7 +27,8 @@ pub type Handler = dyn Fn(&StepContext<'_>) -> HandlerResult + Send + Sync;
 /// Why a step failed, and whether to try it again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepFailure {
-    /// Stored as the failure's `{"error": ...}` metadata.
+    /// Stored as the failure's `{"error": ..., "error_message": ...}` metadata
+    /// (see [`fail_step`](crate::workflow::fail_step)).
     pub error: Value,
     /// `false`: the step is not retried (its task is blocked unless someone
     /// resolves the step). `true`: it is retried under its retry limit and

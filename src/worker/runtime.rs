@@ -141,8 +141,8 @@ impl WorkerBuilder {
                 "the limit of {:?} is 0: its steps would never run here (leave the kind out instead)",
                 entry.kind
             ))
-        } else if let Some(problem) = arguments::json_problem(&config.metadata) {
-            Some(format!("metadata {problem}"))
+        } else if let Err(refused) = arguments::metadata("metadata", Some(&config.metadata)) {
+            Some(refused.to_string())
         } else if (self.pool.max_size() as usize) < needed {
             Some(format!(
                 "the pool holds {} connections; {} threads need {needed} (one each, one for \

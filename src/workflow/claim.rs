@@ -160,7 +160,7 @@ impl<'a> ClaimRequest<'a> {
     /// and kinds that PostgreSQL can store.
     fn binds(&self, min_steps: u32) -> Result<ClaimBinds<'a>, Refusal> {
         arguments::ids("task_ids", self.task_ids.map_or(0, <[i64]>::len))?;
-        arguments::optional_json("metadata", self.metadata)?;
+        arguments::metadata("metadata", self.metadata)?;
         let step_filter = match self.kinds {
             None => None,
             Some(kinds) => {
@@ -412,7 +412,10 @@ pub fn complete_step(
 }
 
 /// Records a claimed step's failure (`fail_step`): moves it to `error` with
-/// `{"error": error}` as metadata. `retry_after` asks that the next attempt
+/// `{"error": error, "error_message": text}` as metadata: `error_message` is
+/// what the Rails engine reads, `error` itself when it is a JSON string, its
+/// `"message"` when it is an object with one, else its JSON text.
+/// `retry_after` asks that the next attempt
 /// start no earlier than that long after this one started (a `Retry-After`;
 /// whole seconds, rounded up, at most [`MAX_DURATION`](crate::MAX_DURATION));
 /// the exponential failure backoff applies as well. Whether the step is
@@ -474,7 +477,8 @@ pub fn release_expired_claims(conn: &mut PgConnection, max_steps: Option<u32>) -
 pub enum StepOutcome<'a> {
     /// The step succeeded: record `results` and complete it.
     Complete { results: &'a Value },
-    /// The step failed: move it to `error` with `{"error": error}` as
+    /// The step failed: move it to `error` with `{"error": error,
+    /// "error_message": ...}` (see [`fail_step`]) as
     /// metadata; `retry_after` as for [`fail_step`]. A `permanent` failure
     /// is not retried: the step is marked not retryable, so its task is
     /// blocked unless someone resolves the step.
@@ -484,7 +488,8 @@ pub enum StepOutcome<'a> {
         permanent: bool,
     },
     /// The worker gives the step back unfinished (it is shutting down, say):
-    /// the step moves to `error` with `{"error": reason, "released": true}`
+    /// the step moves to `error` with `{"error": reason, "error_message": ...,
+    /// "released": true}`
     /// and on to `pending`, its attempt is not counted, and another worker
     /// may claim it at once.
     Release { reason: &'a Value },

@@ -29,7 +29,7 @@ pub fn cancel_task(
     task_id: i64,
     metadata: Option<&Value>,
 ) -> Result<TaskTransition> {
-    arguments::optional_json("metadata", metadata)?;
+    arguments::metadata("metadata", metadata)?;
     Ok(FunctionCall::new(
         "cancel_task",
         (
@@ -52,7 +52,7 @@ pub fn finalize_task(
     task_id: i64,
     metadata: Option<&Value>,
 ) -> Result<TaskState> {
-    arguments::optional_json("metadata", metadata)?;
+    arguments::metadata("metadata", metadata)?;
     Ok(diesel::select(functions::finalize_task(task_id, metadata)).get_result(conn)?)
 }
 
@@ -84,7 +84,7 @@ pub fn finalize_settled_tasks(
 ) -> Result<Vec<FinalizedTask>> {
     let max_tasks = arguments::count("max_tasks", max_tasks, 1)?;
     arguments::ids("among", among.map_or(0, <[i64]>::len))?;
-    arguments::optional_json("metadata", metadata)?;
+    arguments::metadata("metadata", metadata)?;
     Ok(FunctionCall::new(
         "tasker_finalize_settled_tasks",
         (

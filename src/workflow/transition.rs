@@ -61,7 +61,7 @@ pub fn transition_workflow_step(
     to: StepState,
     options: TransitionOptions<'_, StepState>,
 ) -> Result<WorkflowStepTransition> {
-    arguments::optional_json("metadata", options.metadata)?;
+    arguments::metadata("metadata", options.metadata)?;
     Ok(FunctionCall::new(
         "transition_workflow_step",
         (
@@ -83,7 +83,7 @@ pub fn transition_task(
     to: TaskState,
     options: TransitionOptions<'_, TaskState>,
 ) -> Result<TaskTransition> {
-    arguments::optional_json("metadata", options.metadata)?;
+    arguments::metadata("metadata", options.metadata)?;
     Ok(FunctionCall::new(
         "transition_task",
         (

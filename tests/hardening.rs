@@ -1217,13 +1217,16 @@ fn call(tasks: Vec<i64>, steps: Vec<i64>, claims: Vec<Claim>) -> impl Strategy<V
         (step(), metadata_value()).prop_map(|(step, metadata)| Call::Resolve { step, metadata }),
         (task(), metadata_value()).prop_map(|(task, metadata)| Call::Cancel { task, metadata }),
         (task(), metadata_value()).prop_map(|(task, metadata)| Call::Finalize { task, metadata }),
-        (count(), prop::collection::vec(task(), 0..4), metadata_value()).prop_map(
-            |(max, among, metadata)| Call::FinalizeSettled {
+        (
+            count(),
+            prop::collection::vec(task(), 0..4),
+            metadata_value()
+        )
+            .prop_map(|(max, among, metadata)| Call::FinalizeSettled {
                 max,
                 among,
                 metadata
-            }
-        ),
+            }),
         (
             prop::option::of(prop::collection::vec(task(), 0..4)),
             count(),

@@ -1,0 +1,343 @@
+//! What the Rails Tasker engine reads from a database this crate created:
+//! the `*_v01` functions of its health and analytics endpoints, the view
+//! `tasker_step_dag_relationships`, and the `error_message` of failures.
+
+use std::time::Duration;
+
+use bigdecimal::BigDecimal;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Numeric, Text, Timestamptz};
+use serde_json::{json, Value};
+use tasker_diesel::readiness::get_system_health_counts;
+use tasker_diesel::testing::TestDatabase;
+use tasker_diesel::workflow::{
+    claim_ready_steps, complete_step, create_task, fail_step, ClaimRequest, ClaimedStep,
+    CreatedTask, StepTemplate, TaskRequest, TaskTemplate,
+};
+
+const LEASE: Duration = Duration::from_secs(60);
+
+/// a → b, a → c, b → d, c → d, a → d: d's fewest edges from the root is 1.
+fn diamond() -> TaskTemplate {
+    TaskTemplate::new("rails", "diamond", "1.0.0")
+        .step(StepTemplate::new("a"))
+        .step(StepTemplate::new("b").depends_on(["a"]))
+        .step(StepTemplate::new("c").depends_on(["a"]))
+        .step(StepTemplate::new("d").depends_on(["b", "c", "a"]))
+}
+
+fn create(conn: &mut PgConnection, n: i64) -> CreatedTask {
+    create_task(
+        conn,
+        &TaskRequest::new(&diamond())
+            .context(json!({ "n": n }))
+            .initiator("rails-test"),
+    )
+    .unwrap()
+}
+
+fn claim(conn: &mut PgConnection, task: i64) -> Vec<ClaimedStep> {
+    claim_ready_steps(conn, &ClaimRequest::for_tasks(&[task], 10, LEASE)).unwrap()
+}
+
+#[derive(QueryableByName, Debug)]
+struct Dag {
+    #[diesel(sql_type = BigInt)]
+    workflow_step_id: i64,
+    #[diesel(sql_type = Jsonb)]
+    parent_step_ids: Value,
+    #[diesel(sql_type = Jsonb)]
+    child_step_ids: Value,
+    #[diesel(sql_type = BigInt)]
+    parent_count: i64,
+    #[diesel(sql_type = BigInt)]
+    child_count: i64,
+    #[diesel(sql_type = Bool)]
+    is_root_step: bool,
+    #[diesel(sql_type = Bool)]
+    is_leaf_step: bool,
+    #[diesel(sql_type = Nullable<Integer>)]
+    min_depth_from_root: Option<i32>,
+}
+
+#[test]
+fn the_dag_view_gives_parents_children_roots_leaves_and_depths() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let task = create(&mut conn, 1);
+    create(&mut conn, 2);
+    let id = |name: &str| task.step(name).unwrap().workflow_step_id;
+    let rows: Vec<Dag> = diesel::sql_query(
+        "SELECT * FROM tasker_step_dag_relationships WHERE task_id = $1 ORDER BY workflow_step_id",
+    )
+    .bind::<BigInt, _>(task.task.task_id)
+    .load(&mut conn)
+    .unwrap();
+    assert_eq!(rows.len(), 4);
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r.workflow_step_id == id(name))
+            .unwrap()
+    };
+    let (a, b, c, d) = (id("a"), id("b"), id("c"), id("d"));
+    assert_eq!(row("a").parent_step_ids, json!([]));
+    assert_eq!(row("a").child_step_ids, json!([b, c, d]));
+    assert!(row("a").is_root_step && !row("a").is_leaf_step);
+    assert_eq!(row("d").parent_step_ids, json!([a, b, c]));
+    assert_eq!((row("d").parent_count, row("d").child_count), (3, 0));
+    assert!(row("d").is_leaf_step && !row("d").is_root_step);
+    assert_eq!(row("b").child_count, 1);
+    let depths: Vec<Option<i32>> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|name| row(name).min_depth_from_root)
+        .collect();
+    assert_eq!(depths, [Some(0), Some(1), Some(1), Some(1)]);
+}
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct HealthV01 {
+    #[diesel(sql_type = BigInt)]
+    total_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    pending_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    in_progress_tasks: i64,
+    #[diesel(sql_type = BigInt)]
+    total_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    complete_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    error_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    retryable_error_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    in_backoff_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    max_connections: i64,
+}
+
+#[test]
+fn health_counts_v01_agree_with_the_crates_and_count_steps_in_backoff() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let first = create(&mut conn, 1);
+    create(&mut conn, 2);
+    let root = claim(&mut conn, first.task.task_id).remove(0);
+    complete_step(&mut conn, root.claim(), &json!({})).unwrap();
+    let mut next = claim(&mut conn, first.task.task_id);
+    let failing = next.remove(0);
+    fail_step(
+        &mut conn,
+        failing.claim(),
+        &json!("timeout"),
+        Some(Duration::from_secs(3600)),
+    )
+    .unwrap();
+
+    let v01: HealthV01 = diesel::sql_query("SELECT * FROM get_system_health_counts_v01()")
+        .get_result(&mut conn)
+        .unwrap();
+    let crate_counts = get_system_health_counts(&mut conn).unwrap();
+    assert_eq!(
+        v01,
+        HealthV01 {
+            total_tasks: crate_counts.total_tasks,
+            pending_tasks: crate_counts.pending_tasks,
+            in_progress_tasks: crate_counts.in_progress_tasks,
+            total_steps: 8,
+            complete_steps: 1,
+            error_steps: 1,
+            retryable_error_steps: 1,
+            in_backoff_steps: 1,
+            max_connections: i64::from(crate_counts.max_connections),
+        }
+    );
+    assert_eq!(
+        (v01.total_tasks, v01.pending_tasks, v01.in_progress_tasks),
+        (2, 1, 1)
+    );
+}
+
+#[derive(QueryableByName, Debug)]
+struct Analytics {
+    #[diesel(sql_type = BigInt)]
+    active_tasks_count: i64,
+    #[diesel(sql_type = BigInt)]
+    total_namespaces_count: i64,
+    #[diesel(sql_type = BigInt)]
+    unique_task_types_count: i64,
+    #[diesel(sql_type = Numeric)]
+    system_health_score: BigDecimal,
+    #[diesel(sql_type = BigInt)]
+    task_throughput: i64,
+    #[diesel(sql_type = BigInt)]
+    completion_count: i64,
+    #[diesel(sql_type = BigInt)]
+    error_count: i64,
+    #[diesel(sql_type = Numeric)]
+    completion_rate: BigDecimal,
+    #[diesel(sql_type = BigInt)]
+    step_throughput: i64,
+    #[diesel(sql_type = Timestamptz)]
+    analysis_period_start: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(QueryableByName, Debug)]
+struct SlowStep {
+    #[diesel(sql_type = BigInt)]
+    workflow_step_id: i64,
+    #[diesel(sql_type = Text)]
+    step_name: String,
+    #[diesel(sql_type = Text)]
+    namespace_name: String,
+    #[diesel(sql_type = Numeric)]
+    duration_seconds: BigDecimal,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: chrono::DateTime<chrono::Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    completed_at: chrono::DateTime<chrono::Utc>,
+    #[diesel(sql_type = Text)]
+    step_status: String,
+}
+
+#[derive(QueryableByName, Debug)]
+struct SlowTask {
+    #[diesel(sql_type = BigInt)]
+    task_id: i64,
+    #[diesel(sql_type = BigInt)]
+    step_count: i64,
+    #[diesel(sql_type = BigInt)]
+    completed_steps: i64,
+    #[diesel(sql_type = BigInt)]
+    error_steps: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    initiator: Option<String>,
+}
+
+/// Backdates a step's and its task's creation, so that its run takes time.
+fn created_seconds_ago(conn: &mut PgConnection, task: &CreatedTask, seconds: i64) {
+    conn.batch_execute(&format!(
+        "UPDATE tasker_workflow_steps SET created_at = created_at - interval '{seconds} seconds' \
+         WHERE task_id = {id}; \
+         UPDATE tasker_tasks SET created_at = created_at - interval '{seconds} seconds' \
+         WHERE task_id = {id}",
+        id = task.task.task_id
+    ))
+    .unwrap();
+}
+
+#[test]
+fn analytics_and_slowest_steps_and_tasks_v01_run_on_the_crates_schema() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let slow = create(&mut conn, 1);
+    let fast = create(&mut conn, 2);
+    create(&mut conn, 3);
+    created_seconds_ago(&mut conn, &slow, 30);
+    created_seconds_ago(&mut conn, &fast, 2);
+    for task in [&slow, &fast] {
+        let root = claim(&mut conn, task.task.task_id).remove(0);
+        complete_step(&mut conn, root.claim(), &json!({})).unwrap();
+    }
+
+    let analytics: Analytics = diesel::sql_query("SELECT * FROM get_analytics_metrics_v01()")
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(analytics.active_tasks_count, 3);
+    assert_eq!(
+        (
+            analytics.total_namespaces_count,
+            analytics.unique_task_types_count
+        ),
+        (1, 1)
+    );
+    assert_eq!(
+        (
+            analytics.task_throughput,
+            analytics.completion_count,
+            analytics.error_count
+        ),
+        (3, 0, 0)
+    );
+    assert_eq!(analytics.step_throughput, 12);
+    assert_eq!(analytics.system_health_score, BigDecimal::from(1));
+    assert_eq!(analytics.completion_rate, BigDecimal::from(0));
+    let hour_ago = chrono::Utc::now() - chrono::Duration::minutes(61);
+    assert!(analytics.analysis_period_start > hour_ago);
+
+    let steps: Vec<SlowStep> = diesel::sql_query("SELECT * FROM get_slowest_steps_v01()")
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(
+        steps[0].workflow_step_id,
+        slow.step("a").unwrap().workflow_step_id
+    );
+    assert!(
+        steps[0].duration_seconds > BigDecimal::from(29),
+        "{steps:?}"
+    );
+    assert!(steps[0].duration_seconds > steps[1].duration_seconds);
+    assert!(steps[0].completed_at > steps[0].created_at);
+    assert_eq!(
+        (
+            steps[0].step_name.as_str(),
+            steps[0].namespace_name.as_str(),
+            steps[0].step_status.as_str()
+        ),
+        ("a", "rails", "complete")
+    );
+    let filtered: Vec<SlowStep> = diesel::sql_query(
+        "SELECT * FROM get_slowest_steps_v01(NULL, 1, 'rails', 'diamond', '1.0.0')",
+    )
+    .load(&mut conn)
+    .unwrap();
+    assert_eq!(filtered.len(), 1);
+    let none: Vec<SlowStep> =
+        diesel::sql_query("SELECT * FROM get_slowest_steps_v01(NULL, 10, 'other')")
+            .load(&mut conn)
+            .unwrap();
+    assert!(none.is_empty());
+
+    let tasks: Vec<SlowTask> = diesel::sql_query("SELECT * FROM get_slowest_tasks_v01()")
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(
+        tasks.iter().map(|t| t.task_id).collect::<Vec<_>>(),
+        [slow.task.task_id, fast.task.task_id],
+        "longest first; the task with nothing done is left out"
+    );
+    assert_eq!(
+        (
+            tasks[0].step_count,
+            tasks[0].completed_steps,
+            tasks[0].error_steps
+        ),
+        (4, 1, 0)
+    );
+    assert_eq!(tasks[0].initiator.as_deref(), Some("rails-test"));
+}
+
+#[test]
+fn failures_record_the_error_message_the_rails_engine_reads() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let cases = [
+        (json!("connection reset"), "connection reset"),
+        (
+            json!({"message": "card declined", "code": 7}),
+            "card declined",
+        ),
+        (json!({"code": 7}), "{\"code\": 7}"),
+        (json!(42), "42"),
+    ];
+    for (n, (error, message)) in cases.into_iter().enumerate() {
+        let task = create(&mut conn, n as i64);
+        let root = claim(&mut conn, task.task.task_id).remove(0);
+        let failed = fail_step(&mut conn, root.claim(), &error, None).unwrap();
+        let metadata = failed.metadata.unwrap();
+        assert_eq!(metadata["error"], error);
+        assert_eq!(metadata["error_message"], json!(message), "{metadata}");
+    }
+}

@@ -1,12 +1,17 @@
 //! Rust enums for the PostgreSQL enum types of the schema.
 //!
 //! Each maps onto its SQL type: the state enums onto those that `diesel
-//! print-schema` generated in [`crate::schema::sql_types`], the status enums of
-//! function rows onto [`sql_types`] here. A value that is not a variant can
-//! neither be stored nor loaded: loading one is an error, never a default.
+//! print-schema` generated in [`crate::schema::sql_types`], the status enums
+//! onto [`sql_types`] here. The readiness and context rows give states and
+//! statuses as `text`, as the original design defines them, so each enum also
+//! loads from `text`. A value that is not a variant can neither be stored nor
+//! loaded: loading one is an error, never a default.
 
 use std::fmt;
 
+use diesel::deserialize::{self, FromSql, Queryable};
+use diesel::pg::{Pg, PgValue};
+use diesel::sql_types::Text;
 use diesel_derive_enum::DbEnum;
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +34,29 @@ macro_rules! labels {
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
+            }
+        }
+
+        /// Function rows give the state and the statuses as `text`, as the
+        /// original design defines them; a label that is not a variant is an
+        /// error, as for the enum type.
+        impl FromSql<Text, Pg> for $name {
+            fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+                let label = std::str::from_utf8(value.as_bytes())?;
+                Self::ALL
+                    .into_iter()
+                    .find(|variant| variant.as_str() == label)
+                    .ok_or_else(|| {
+                        format!("{label:?} is not a label of {}", stringify!($name)).into()
+                    })
+            }
+        }
+
+        impl Queryable<Text, Pg> for $name {
+            type Row = Self;
+
+            fn build(row: Self) -> deserialize::Result<Self> {
+                Ok(row)
             }
         }
     };

@@ -339,3 +339,92 @@ fn failures_record_the_error_message_the_rails_engine_reads() {
         assert_eq!(metadata["error_message"], json!(message), "{metadata}");
     }
 }
+
+#[derive(QueryableByName, Debug, PartialEq)]
+struct Column {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    sql_type: String,
+}
+
+fn columns(conn: &mut PgConnection, row_type: &str) -> Vec<(String, String)> {
+    diesel::sql_query(
+        "SELECT attname::text AS name, format_type(atttypid, atttypmod) AS sql_type \
+         FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped \
+         ORDER BY attnum",
+    )
+    .bind::<Text, _>(row_type)
+    .load::<Column>(conn)
+    .unwrap()
+    .into_iter()
+    .map(|column| (column.name, column.sql_type))
+    .collect()
+}
+
+#[test]
+fn contexts_have_the_original_designs_thirteen_columns_with_text_states() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let expected = [
+        ("task_id", "bigint"),
+        ("named_task_id", "integer"),
+        ("status", "text"),
+        ("total_steps", "bigint"),
+        ("pending_steps", "bigint"),
+        ("in_progress_steps", "bigint"),
+        ("completed_steps", "bigint"),
+        ("failed_steps", "bigint"),
+        ("ready_steps", "bigint"),
+        ("execution_status", "text"),
+        ("recommended_action", "text"),
+        ("completion_percentage", "numeric"),
+        ("health_status", "text"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(name, sql_type)| (name.to_string(), sql_type.to_string()))
+        .collect();
+    assert_eq!(
+        columns(&mut conn, "tasker_task_execution_context_row"),
+        expected
+    );
+    let readiness = columns(&mut conn, "tasker_step_readiness_row");
+    assert!(readiness.contains(&("current_state".to_owned(), "text".to_owned())));
+
+    // Rust still maps them to strict enums, and derives the cancelled count.
+    let task = create(&mut conn, 1);
+    tasker_diesel::workflow::cancel_task(&mut conn, task.task.task_id, None).unwrap();
+    let context = tasker_diesel::TaskExecutionContext::find(&mut conn, task.task.task_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(context.status, tasker_diesel::TaskState::Cancelled);
+    assert_eq!(context.cancelled_steps(), 4);
+    let ready = tasker_diesel::StepReadinessStatus::for_task(task.task.task_id)
+        .in_state(tasker_diesel::StepState::Cancelled)
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(ready.len(), 4);
+}
+
+#[derive(QueryableByName, Debug)]
+struct TextState {
+    #[diesel(sql_type = Text)]
+    state: tasker_diesel::TaskState,
+}
+
+#[test]
+fn a_text_label_rust_does_not_know_is_an_error_not_a_default() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let known: TextState = diesel::sql_query("SELECT 'in_progress'::text AS state")
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(known.state, tasker_diesel::TaskState::InProgress);
+    let unknown =
+        diesel::sql_query("SELECT 'skipped'::text AS state").get_result::<TextState>(&mut conn);
+    assert!(
+        matches!(unknown, Err(diesel::result::Error::DeserializationError(_))),
+        "{unknown:?}"
+    );
+}

@@ -16,7 +16,11 @@
 -- get_task_execution_context(task_id), with the same columns,
 -- names, types and order as tasker_step_readiness_row and
 -- tasker_task_execution_context_row. Written plainly, neither pessimized nor tuned.
--- Rerunnable (CREATE OR REPLACE).
+-- Rerunnable (the views are dropped and created again).
+
+-- Dropped first: an older file's views may have other column types.
+DROP VIEW IF EXISTS bench_legacy_task_execution_context;
+DROP VIEW IF EXISTS bench_legacy_step_readiness;
 
 CREATE OR REPLACE VIEW bench_legacy_step_readiness AS
 SELECT
@@ -24,7 +28,7 @@ SELECT
     ws.task_id,
     ws.named_step_id,
     ns.name::text AS name,
-    coalesce(current_state.to_state, 'pending') AS current_state,
+    coalesce(current_state.to_state, 'pending')::text AS current_state,
     coalesce(parents.total_parents, 0) = coalesce(parents.completed_parents, 0)
         AS dependencies_satisfied,
     coalesce(ws.attempts, 0) < coalesce(ws.retry_limit, 3)
@@ -97,13 +101,12 @@ CREATE OR REPLACE VIEW bench_legacy_task_execution_context AS
 SELECT
     counts.task_id,
     counts.named_task_id,
-    counts.status,
+    counts.status::text AS status,
     counts.total_steps,
     counts.pending_steps,
     counts.in_progress_steps,
     counts.completed_steps,
     counts.failed_steps,
-    counts.cancelled_steps,
     counts.ready_steps,
     (CASE
         WHEN counts.ready_steps > 0 THEN 'has_ready_steps'
@@ -113,7 +116,7 @@ SELECT
              AND counts.completed_steps + counts.cancelled_steps = counts.total_steps
             THEN 'all_complete'
         ELSE 'waiting_for_dependencies'
-    END)::tasker_execution_status AS execution_status,
+    END)::tasker_execution_status::text AS execution_status,
     (CASE
         WHEN counts.ready_steps > 0 THEN 'execute_ready_steps'
         WHEN counts.in_progress_steps > 0 THEN 'wait_for_completion'
@@ -122,7 +125,7 @@ SELECT
              AND counts.completed_steps + counts.cancelled_steps = counts.total_steps
             THEN 'finalize_task'
         ELSE 'wait_for_dependencies'
-    END)::tasker_recommended_action AS recommended_action,
+    END)::tasker_recommended_action::text AS recommended_action,
     CASE
         WHEN counts.total_steps = 0 THEN 0.00
         ELSE round(100.0 * counts.completed_steps / counts.total_steps, 2)
@@ -131,7 +134,7 @@ SELECT
         WHEN counts.failed_steps = 0 THEN 'healthy'
         WHEN counts.permanently_failed_steps > 0 AND counts.ready_steps = 0 THEN 'blocked'
         ELSE 'recovering'
-    END)::tasker_health_status AS health_status
+    END)::tasker_health_status::text AS health_status
 FROM (
     SELECT
         task.task_id,

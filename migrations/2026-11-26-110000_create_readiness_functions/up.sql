@@ -49,7 +49,8 @@ CREATE TYPE tasker_step_readiness_row AS (
     task_id bigint,
     named_step_id integer,
     name text,
-    current_state tasker_step_state,
+    -- text, as the original design has it (a label of tasker_step_state).
+    current_state text,
     dependencies_satisfied boolean,
     retry_eligible boolean,
     ready_for_execution boolean,
@@ -179,21 +180,24 @@ $$;
 COMMENT ON FUNCTION get_step_readiness_status(bigint, bigint[]) IS
     'Tasker-compatible form: readiness of the steps of one task, all of them when step_ids is NULL, else those of step_ids that belong to the task; ordered by workflow_step_id. A NULL task_id gives no rows.';
 
+-- The thirteen columns of the original design, in its order and with its types: the
+-- state and the statuses as text (labels of tasker_task_state, tasker_execution_status,
+-- tasker_recommended_action and tasker_health_status), which the Rails engine's model is
+-- built from. Cancelled steps are the total less the others.
 CREATE TYPE tasker_task_execution_context_row AS (
     task_id bigint,
     named_task_id integer,
-    status tasker_task_state,
+    status text,
     total_steps bigint,
     pending_steps bigint,
     in_progress_steps bigint,
     completed_steps bigint,
     failed_steps bigint,
-    cancelled_steps bigint,
     ready_steps bigint,
-    execution_status tasker_execution_status,
-    recommended_action tasker_recommended_action,
+    execution_status text,
+    recommended_action text,
     completion_percentage numeric,
-    health_status tasker_health_status
+    health_status text
 );
 COMMENT ON TYPE tasker_task_execution_context_row IS
     'A row of get_task_execution_context and get_task_execution_contexts_batch: one task, its steps counted by state, its execution status, the recommended next action and its health.';
@@ -211,7 +215,6 @@ AS $$
         steps.in_progress,
         steps.completed,
         steps.failed,
-        steps.cancelled,
         steps.ready,
         outcome.execution_status,
         CASE outcome.execution_status

@@ -363,7 +363,6 @@ AS $$
         steps.in_progress,
         steps.completed,
         steps.failed,
-        steps.cancelled,
         steps.ready,
         outcome.execution_status,
         CASE outcome.execution_status

@@ -866,7 +866,6 @@ AS $$
         steps.in_progress_steps,
         steps.completed_steps,
         steps.failed_steps,
-        steps.cancelled_steps,
         ready.steps,
         outcome.execution_status,
         CASE outcome.execution_status

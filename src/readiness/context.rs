@@ -2,14 +2,12 @@
 
 use bigdecimal::BigDecimal;
 use diesel::pg::Pg;
-use diesel::sql_types::{Array, BigInt, Integer, Numeric};
+use diesel::sql_types::{Array, BigInt, Integer, Numeric, Text};
 use diesel::{IntoSql, OptionalExtension, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use super::FunctionCall;
-use crate::enums::sql_types::{TaskerExecutionStatus, TaskerHealthStatus, TaskerRecommendedAction};
 use crate::enums::{ExecutionStatus, HealthStatus, RecommendedAction, TaskState};
-use crate::schema::sql_types::TaskerTaskState;
 use crate::{arguments, Result};
 
 /// One row of `get_task_execution_context`: where a task stands and what the
@@ -22,7 +20,7 @@ pub struct TaskExecutionContext {
     #[diesel(sql_type = Integer)]
     pub named_task_id: i32,
     /// The task's own state; `Pending` when it has no transition.
-    #[diesel(sql_type = TaskerTaskState)]
+    #[diesel(sql_type = Text)]
     pub status: TaskState,
     #[diesel(sql_type = BigInt)]
     pub total_steps: i64,
@@ -36,23 +34,31 @@ pub struct TaskExecutionContext {
     /// Steps in `Error`.
     #[diesel(sql_type = BigInt)]
     pub failed_steps: i64,
-    #[diesel(sql_type = BigInt)]
-    pub cancelled_steps: i64,
     /// Steps ready for execution now.
     #[diesel(sql_type = BigInt)]
     pub ready_steps: i64,
-    #[diesel(sql_type = TaskerExecutionStatus)]
+    #[diesel(sql_type = Text)]
     pub execution_status: ExecutionStatus,
-    #[diesel(sql_type = TaskerRecommendedAction)]
+    #[diesel(sql_type = Text)]
     pub recommended_action: RecommendedAction,
     /// `round(100 * completed / total, 2)`, exact; 0 for a task without steps.
     #[diesel(sql_type = Numeric)]
     pub completion_percentage: BigDecimal,
-    #[diesel(sql_type = TaskerHealthStatus)]
+    #[diesel(sql_type = Text)]
     pub health_status: HealthStatus,
 }
 
 impl TaskExecutionContext {
+    /// Steps `Cancelled`: the SQL row keeps the original design's thirteen
+    /// columns, which count every other state.
+    pub fn cancelled_steps(&self) -> i64 {
+        self.total_steps
+            - self.pending_steps
+            - self.in_progress_steps
+            - self.completed_steps
+            - self.failed_steps
+    }
+
     /// Whether the task itself is finished: `Complete`, `ResolvedManually` or
     /// `Cancelled`.
     ///

@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::arguments;
 use crate::enums::StepState;
-use crate::schema::sql_types::TaskerStepState;
 
 /// One row of `get_step_readiness_status` and its companions: whether a step
 /// may run now, and why not.
@@ -25,8 +24,9 @@ pub struct StepReadinessStatus {
     /// The step template's name.
     #[diesel(sql_type = Text)]
     pub name: String,
-    /// The state of the latest transition; `Pending` when there is none.
-    #[diesel(sql_type = TaskerStepState)]
+    /// The state of the latest transition; `Pending` when there is none
+    /// (`text` in SQL).
+    #[diesel(sql_type = Text)]
     pub current_state: StepState,
     /// Every parent is `Complete` or `ResolvedManually` (true for a root).
     #[diesel(sql_type = Bool)]
@@ -138,7 +138,7 @@ impl Filter {
             }
             Filter::InState(state) => {
                 out.push_sql("readiness.current_state = ");
-                out.push_bind_param::<TaskerStepState, _>(state)?;
+                out.push_bind_param::<Text, _>(state.as_str())?;
             }
         }
         Ok(())

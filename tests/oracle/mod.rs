@@ -217,7 +217,6 @@ pub fn task_context(task: &TaskInput, rows: &[&StepReadinessStatus]) -> TaskExec
     let in_progress_steps = count(&[StepState::InProgress]);
     let completed_steps = count(&[StepState::Complete, StepState::ResolvedManually]);
     let failed_steps = count(&[StepState::Error]);
-    let cancelled_steps = count(&[StepState::Cancelled]);
     let ready_steps = rows.iter().filter(|row| row.ready_for_execution).count() as i64;
     let any_permanently_failed = rows.iter().any(|row| is_permanently_failed(row));
     let all_finished = total_steps > 0
@@ -272,7 +271,6 @@ pub fn task_context(task: &TaskInput, rows: &[&StepReadinessStatus]) -> TaskExec
         in_progress_steps,
         completed_steps,
         failed_steps,
-        cancelled_steps,
         ready_steps,
         execution_status,
         recommended_action,

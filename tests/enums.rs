@@ -1,4 +1,5 @@
-//! The Rust enums list exactly the labels of their SQL enum types, in order.
+//! The Rust enums list exactly the labels of their SQL enum types, in order
+//! (but the step state's comparison-only 'skipped').
 
 use diesel::prelude::*;
 use diesel::sql_types::Text;
@@ -44,7 +45,12 @@ fn rust_labels_match_the_sql_enum_types() {
         ),
         ("tasker_health_status", rust_labels(&HealthStatus::ALL)),
     ];
-    for (sql_type, labels) in cases {
+    for (sql_type, mut labels) in cases {
+        // 'skipped' is a label for the Rails engine's queries only: no row may
+        // hold it, so no Rust state has it (loading it is an error).
+        if sql_type == "tasker_step_state" {
+            labels.push("skipped".to_owned());
+        }
         assert_eq!(sql_labels(&mut conn, sql_type), labels, "{sql_type}");
     }
 }

@@ -428,3 +428,84 @@ fn a_text_label_rust_does_not_know_is_an_error_not_a_default() {
         "{unknown:?}"
     );
 }
+
+fn count(conn: &mut PgConnection, sql: &str) -> i64 {
+    diesel::dsl::sql::<BigInt>(sql).get_result(conn).unwrap()
+}
+
+/// Transitions written with binds typed `text` and `varchar`, as sqlx, JDBC's
+/// `setString` or asyncpg send them (the `pg` gem sends them untyped):
+/// PREPARE fixes the parameter types as such a driver would. A comparison
+/// with such a bind casts it; the engine's Task.active scope, which names
+/// 'skipped', runs.
+#[test]
+fn text_typed_binds_write_the_state_columns_and_skipped_is_a_comparable_label() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let task = create(&mut conn, 1);
+    let a = task.step("a").unwrap().workflow_step_id;
+    conn.batch_execute(
+        "PREPARE start_step(bigint, text, varchar) AS
+             INSERT INTO tasker_workflow_step_transitions
+                 (workflow_step_id, to_state, from_state, sort_key, most_recent, metadata)
+             VALUES ($1, $2, $3, 10, true, '{}');
+         PREPARE move_task(bigint, varchar) AS
+             INSERT INTO tasker_task_transitions
+                 (task_id, to_state, from_state, sort_key, most_recent, metadata)
+             VALUES ($1, $2, NULL, 10, true, '{}');
+         PREPARE in_state(text) AS
+             SELECT count(*) FROM tasker_workflow_step_transitions
+             WHERE to_state = $1::tasker_step_state AND most_recent;",
+    )
+    .unwrap();
+    conn.batch_execute(&format!("EXECUTE start_step({a}, 'in_progress', NULL)"))
+        .unwrap();
+    conn.batch_execute(&format!(
+        "EXECUTE move_task({}, 'in_progress')",
+        task.task.task_id
+    ))
+    .unwrap();
+    assert_eq!(count(&mut conn, "EXECUTE in_state('in_progress')"), 1);
+    let context = tasker_diesel::TaskExecutionContext::find(&mut conn, task.task.task_id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(context.status, tasker_diesel::TaskState::InProgress);
+
+    // The engine's Task.active scope names 'skipped', which no row holds.
+    let active = count(
+        &mut conn,
+        &format!(
+            "SELECT count(*) FROM tasker_tasks WHERE task_id = {} AND EXISTS (
+                 SELECT 1 FROM tasker_workflow_steps ws
+                 JOIN tasker_workflow_step_transitions wst
+                   ON wst.workflow_step_id = ws.workflow_step_id
+                 WHERE ws.task_id = tasker_tasks.task_id AND wst.most_recent = true
+                   AND wst.to_state NOT IN ('complete', 'error', 'skipped', 'resolved_manually'))",
+            task.task.task_id
+        ),
+    );
+    assert_eq!(active, 1);
+
+    // A label the type lacks is refused, and 'skipped' is never stored.
+    let b = task.step("b").unwrap().workflow_step_id;
+    let unknown = conn.batch_execute(&format!("EXECUTE start_step({b}, 'paused', NULL)"));
+    assert!(unknown
+        .unwrap_err()
+        .to_string()
+        .contains("invalid input value for enum"),);
+    let skipped = conn.batch_execute(&format!("EXECUTE start_step({b}, 'skipped', NULL)"));
+    assert!(skipped
+        .unwrap_err()
+        .to_string()
+        .contains("tasker_workflow_step_transitions_not_skipped_check"),);
+
+    // The maintained readiness followed the text-typed write.
+    let step = tasker_diesel::StepReadinessStatus::for_steps(&[a])
+        .load(&mut conn)
+        .unwrap()
+        .remove(0);
+    assert_eq!(step.current_state, tasker_diesel::StepState::InProgress);
+    assert!(tasker_diesel::readiness::readiness_drift(&mut conn, None)
+        .unwrap()
+        .is_empty());
+}

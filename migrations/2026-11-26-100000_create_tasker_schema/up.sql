@@ -3,17 +3,31 @@
 -- engine so both can work on the same database. Every timestamp is
 -- `timestamp without time zone` holding UTC, whatever the session's TimeZone.
 
+-- 'skipped' is a label for comparisons only: the Rails engine's queries name it (its
+-- Task.active scope lists it among the finished states), and a query that names a label
+-- the type lacks fails. No row may hold it (the transitions' CHECK constraints).
 CREATE TYPE tasker_step_state AS ENUM (
-    'pending', 'in_progress', 'complete', 'error', 'cancelled', 'resolved_manually'
+    'pending', 'in_progress', 'complete', 'error', 'cancelled', 'resolved_manually',
+    'skipped'
 );
 COMMENT ON TYPE tasker_step_state IS
-    'State of a workflow step. A step with no transition row is pending.';
+    'State of a workflow step. A step with no transition row is pending. skipped is never stored: it is there for queries that name it.';
 
 CREATE TYPE tasker_task_state AS ENUM (
     'pending', 'in_progress', 'complete', 'error', 'cancelled', 'resolved_manually'
 );
 COMMENT ON TYPE tasker_task_state IS
     'State of a task. A task with no transition row is pending.';
+
+-- Values bound as text or varchar (what most drivers send for a string: sqlx, JDBC
+-- setString, asyncpg) can be written into the state columns (an assignment cast); a
+-- label the type lacks is still refused. Comparing a state column with such a bind
+-- takes an explicit cast ($1::tasker_step_state): an implicit cast would let text
+-- comparisons shadow the enum's own operators.
+CREATE CAST (text AS tasker_step_state) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (varchar AS tasker_step_state) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (text AS tasker_task_state) WITH INOUT AS ASSIGNMENT;
+CREATE CAST (varchar AS tasker_task_state) WITH INOUT AS ASSIGNMENT;
 
 -- Keeps updated_at current for writers that do not set it themselves (psql,
 -- Diesel's update statements); a writer that sets it explicitly keeps its value.
@@ -259,7 +273,9 @@ CREATE TABLE tasker_workflow_step_transitions (
     created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
     updated_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
     -- Also the index for "history of a step, in order".
-    CONSTRAINT tasker_workflow_step_transitions_step_sort_key_key UNIQUE (workflow_step_id, sort_key)
+    CONSTRAINT tasker_workflow_step_transitions_step_sort_key_key UNIQUE (workflow_step_id, sort_key),
+    CONSTRAINT tasker_workflow_step_transitions_not_skipped_check
+        CHECK (to_state <> 'skipped' AND from_state IS DISTINCT FROM 'skipped')
 );
 COMMENT ON TABLE tasker_workflow_step_transitions IS
     'State history of workflow steps. The row with most_recent = true holds the step''s current state.';

@@ -21,17 +21,17 @@ define_sql_function! {
 
 define_sql_function! {
     /// Finalizes a task from its execution context and returns its state.
-    fn finalize_task(task_id: BigInt, metadata: Nullable<Jsonb>) -> TaskerTaskState;
+    fn tasker_finalize_task(task_id: BigInt, metadata: Nullable<Jsonb>) -> TaskerTaskState;
 }
 
 define_sql_function! {
     /// Extends a claim that still holds; returns the new `claimed_until`.
-    fn extend_step_claim(workflow_step_id: BigInt, claim_id: BigInt, lease_seconds: Integer) -> Timestamp;
+    fn tasker_extend_step_claim(workflow_step_id: BigInt, claim_id: BigInt, lease_seconds: Integer) -> Timestamp;
 }
 
 define_sql_function! {
     /// Moves steps whose claim expired to `error`; one row per released step.
-    fn release_expired_claims(max_steps: Nullable<Integer>) -> BigInt;
+    fn tasker_release_expired_claims(max_steps: Nullable<Integer>) -> BigInt;
 }
 
 define_sql_function! {

@@ -1097,7 +1097,7 @@ fn a_claim_takes_only_the_step_kinds_it_names() {
     assert_eq!(claim_any(&mut conn, 5).len(), 1);
     // A filter of another shape is refused, naming its shape.
     let refused = diesel::sql_query(
-        "SELECT * FROM claim_ready_steps(NULL, 1, 10, '{}', '[{\"name\": \"step_0\"}]')",
+        "SELECT * FROM tasker_claim_ready_steps(NULL, 1, 10, '{}', '[{\"name\": \"step_0\"}]')",
     )
     .execute(&mut conn)
     .map_err(Error::from);

@@ -102,10 +102,10 @@ enum Calls {
 impl Calls {
     fn functions(self) -> &'static [&'static str] {
         match self {
-            Calls::OneByOne => &["claim_ready_steps", "complete_step"],
-            Calls::Batched | Calls::Runtime { finalize: false } => &["report_and_claim"],
+            Calls::OneByOne => &["tasker_claim_ready_steps", "tasker_complete_step"],
+            Calls::Batched | Calls::Runtime { finalize: false } => &["tasker_report_and_claim"],
             Calls::Runtime { finalize: true } => {
-                &["report_and_claim", "tasker_finalize_settled_tasks"]
+                &["tasker_report_and_claim", "tasker_finalize_settled_tasks"]
             }
         }
     }

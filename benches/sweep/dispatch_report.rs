@@ -109,19 +109,19 @@ pub fn targets(dispatch: &[DispatchResult], peers: &[PeerResult]) -> Vec<TargetC
             "server time, claim of 1 step (one worker)".into(),
             Bound::AtMost(0.3),
             " ms",
-            server_ms(dispatch, "W7j-1", "claim_ready_steps"),
+            server_ms(dispatch, "W7j-1", "tasker_claim_ready_steps"),
         ),
         check(
             "server time, completion of 1 step (one worker)".into(),
             Bound::AtMost(0.3),
             " ms",
-            server_ms(dispatch, "W7j-1", "complete_step"),
+            server_ms(dispatch, "W7j-1", "tasker_complete_step"),
         ),
         check(
             "server time, batch of 10: report 10 and claim 10 (one worker)".into(),
             Bound::AtMost(1.5),
             " ms",
-            server_ms(dispatch, "W7b-1", "report_and_claim"),
+            server_ms(dispatch, "W7b-1", "tasker_report_and_claim"),
         ),
     ]);
     let hops = find(dispatch, "W10");

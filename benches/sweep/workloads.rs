@@ -379,7 +379,7 @@ impl<'a> Workload<'a> {
             .iter()
             .take(self.settings.explain_samples)
             .map(|(id, _)| {
-                format!("SELECT * FROM transition_workflow_step({id}, 'in_progress', NULL, NULL)")
+                format!("SELECT * FROM tasker_transition_workflow_step({id}, 'in_progress', NULL, NULL)")
             })
             .collect();
         let buffers = explain_buffers_rolled_back(self.conn, &explain)?;

@@ -1,4 +1,4 @@
-DROP FUNCTION get_system_health_counts();
+DROP FUNCTION tasker_system_health_counts();
 DROP FUNCTION calculate_dependency_levels(bigint);
 DROP FUNCTION get_task_execution_context(bigint);
 DROP FUNCTION get_task_execution_contexts_batch(bigint[]);

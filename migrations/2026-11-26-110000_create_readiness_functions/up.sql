@@ -302,7 +302,7 @@ $$;
 COMMENT ON FUNCTION calculate_dependency_levels(bigint) IS
     'Each step of the task with its longest distance from a root (roots are level 0), ordered by level then step id. No rows for an unknown task. One topological pass: O(steps + edges).';
 
-CREATE FUNCTION get_system_health_counts()
+CREATE FUNCTION tasker_system_health_counts()
 RETURNS TABLE (
     total_tasks bigint,
     pending_tasks bigint,
@@ -369,5 +369,5 @@ AS $$
         current_setting('max_connections')::integer
     FROM tasks, steps, failed
 $$;
-COMMENT ON FUNCTION get_system_health_counts() IS
+COMMENT ON FUNCTION tasker_system_health_counts() IS
     'One row of monitoring counts: tasks and steps by current state (no transition counts as pending), steps in error that may be retried and that may not, client connections and max_connections. Cost grows linearly with the tables: it counts tasks and steps and reads the current-transition indexes in full (index-only scans once vacuumed), plus readiness probes for steps in error. Poll it every few seconds, not per request.';

@@ -6,14 +6,14 @@
 -- Rules written once:
 --   * the two state machines: tasker_step_transition_allowed / tasker_task_transition_allowed;
 --   * how a transition is written and which step flags follow from each state:
---     transition_workflow_step / transition_task, which every other function calls;
+--     tasker_transition_workflow_step / tasker_transition_task, which every other function calls;
 --   * readiness: tasker_step_readiness (previous migration), which the claim rechecks.
 --
 -- Locking. A step or task row is locked (FOR NO KEY UPDATE, which leaves foreign-key
 -- checks of inserted transitions alone) before its history changes, so writers of one
 -- entity queue up and each one reads the state its predecessor committed (READ
 -- COMMITTED: every statement of a PL/pgSQL function takes a new snapshot). Lock order:
--- a task's steps, in id order, before the task. claim_ready_steps never waits for a
+-- a task's steps, in id order, before the task. tasker_claim_ready_steps never waits for a
 -- step (it skips locked ones, SKIP LOCKED); it waits only for the row of a pending task
 -- that another transaction is starting, in task id order. No holder of a task lock
 -- waits for a step lock, so there is no cycle.
@@ -29,7 +29,7 @@
 
 ALTER TABLE tasker_workflow_steps ADD COLUMN claimed_until timestamp;
 COMMENT ON COLUMN tasker_workflow_steps.claimed_until IS
-    'While a worker holds a claim on the step (in_process): until when the claim holds (UTC). Past it the claim has expired: release_expired_claims makes the step claimable again and the old claim''s result is refused. NULL: no claim, or a step moved to in_progress without a lease.';
+    'While a worker holds a claim on the step (in_process): until when the claim holds (UTC). Past it the claim has expired: tasker_release_expired_claims makes the step claimable again and the old claim''s result is refused. NULL: no claim, or a step moved to in_progress without a lease.';
 
 -- The expired-claim sweep reads only steps in process.
 CREATE INDEX tasker_workflow_steps_claimed_until_idx
@@ -106,7 +106,7 @@ COMMENT ON FUNCTION tasker_task_transition_allowed(tasker_task_state, tasker_tas
 
 -- Transitions ---------------------------------------------------------------------------
 
-CREATE FUNCTION transition_workflow_step(
+CREATE FUNCTION tasker_transition_workflow_step(
     workflow_step_id bigint,
     to_state tasker_step_state,
     metadata jsonb DEFAULT '{}',
@@ -116,8 +116,8 @@ RETURNS tasker_workflow_step_transitions
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    step_id CONSTANT bigint := transition_workflow_step.workflow_step_id;
-    target CONSTANT tasker_step_state := transition_workflow_step.to_state;
+    step_id CONSTANT bigint := tasker_transition_workflow_step.workflow_step_id;
+    target CONSTANT tasker_step_state := tasker_transition_workflow_step.to_state;
     stamp CONSTANT timestamp := clock_timestamp() AT TIME ZONE 'UTC';
     step tasker_workflow_steps;
     latest tasker_workflow_step_transitions;
@@ -186,10 +186,10 @@ BEGIN
     RETURN written;
 END;
 $$;
-COMMENT ON FUNCTION transition_workflow_step(bigint, tasker_step_state, jsonb, tasker_step_state) IS
+COMMENT ON FUNCTION tasker_transition_workflow_step(bigint, tasker_step_state, jsonb, tasker_step_state) IS
     'Moves a step to to_state in one call: locks the step, checks the move against the step state machine (and, when expected_state is given, that the step is in it: compare-and-swap), clears the old most_recent, appends the transition with the next sort_key and metadata, and sets the step''s flags: in_process while in_progress, processed and processed_at once complete, cancelled or resolved_manually, attempts + 1, last_attempted_at and backoff_request_seconds cleared on each move to in_progress, claimed_until cleared. Returns the new transition. Refusals: unknown_step, step_state_conflict, illegal_step_transition.';
 
-CREATE FUNCTION transition_task(
+CREATE FUNCTION tasker_transition_task(
     task_id bigint,
     to_state tasker_task_state,
     metadata jsonb DEFAULT '{}',
@@ -199,8 +199,8 @@ RETURNS tasker_task_transitions
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    the_task_id CONSTANT bigint := transition_task.task_id;
-    target CONSTANT tasker_task_state := transition_task.to_state;
+    the_task_id CONSTANT bigint := tasker_transition_task.task_id;
+    target CONSTANT tasker_task_state := tasker_transition_task.to_state;
     stamp CONSTANT timestamp := clock_timestamp() AT TIME ZONE 'UTC';
     latest tasker_task_transitions;
     current tasker_task_state;
@@ -244,7 +244,7 @@ BEGIN
     RETURN written;
 END;
 $$;
-COMMENT ON FUNCTION transition_task(bigint, tasker_task_state, jsonb, tasker_task_state) IS
+COMMENT ON FUNCTION tasker_transition_task(bigint, tasker_task_state, jsonb, tasker_task_state) IS
     'Moves a task to to_state in one call: locks the task, checks the move against the task state machine (and expected_state when given: compare-and-swap), clears the old most_recent, appends the transition with the next sort_key and metadata, and sets tasker_tasks.complete to whether the new state is complete. Returns the new transition. Refusals: unknown_task, task_state_conflict, illegal_task_transition.';
 
 -- Claims --------------------------------------------------------------------------------
@@ -260,9 +260,9 @@ CREATE TYPE tasker_step_claim_row AS (
     inputs jsonb
 );
 COMMENT ON TYPE tasker_step_claim_row IS
-    'A step handed to a worker by claim_ready_steps. claim_id is the id of the step''s in_progress transition: the claim holds while that transition is the step''s most recent one and claimed_until has not passed.';
+    'A step handed to a worker by tasker_claim_ready_steps. claim_id is the id of the step''s in_progress transition: the claim holds while that transition is the step''s most recent one and claimed_until has not passed.';
 
-CREATE FUNCTION claim_ready_steps(
+CREATE FUNCTION tasker_claim_ready_steps(
     task_ids bigint[],
     max_steps integer,
     lease_seconds integer,
@@ -285,7 +285,7 @@ DECLARE
 BEGIN
     IF max_steps IS NULL OR max_steps < 1 OR lease_seconds IS NULL OR lease_seconds < 1 THEN
         PERFORM tasker_refuse('invalid_argument',
-            format('claim_ready_steps needs max_steps >= 1 and lease_seconds >= 1, got %s and %s',
+            format('tasker_claim_ready_steps needs max_steps >= 1 and lease_seconds >= 1, got %s and %s',
                    coalesce(max_steps::text, 'NULL'), coalesce(lease_seconds::text, 'NULL')),
             jsonb_build_object('max_steps', max_steps, 'lease_seconds', lease_seconds));
     END IF;
@@ -298,7 +298,7 @@ BEGIN
     -- task by task in id order. (One query with a task-id range for both would do the
     -- same with custom plans, but its generic plan misjudges the range and sorts every
     -- candidate instead: 8 ms a claim instead of under 1 ms on a small table.)
-    IF claim_ready_steps.task_ids IS NULL THEN
+    IF tasker_claim_ready_steps.task_ids IS NULL THEN
         SELECT array_agg(candidate.workflow_step_id) INTO locked FROM (
             SELECT step.workflow_step_id
             FROM tasker_workflow_steps AS step
@@ -315,7 +315,7 @@ BEGIN
     ELSE
         FOR wanted IN
             SELECT DISTINCT requested.task_id
-            FROM unnest(claim_ready_steps.task_ids) AS requested (task_id)
+            FROM unnest(tasker_claim_ready_steps.task_ids) AS requested (task_id)
             WHERE coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
                              WHERE t.task_id = requested.task_id AND t.most_recent),
                            'pending') IN ('pending', 'in_progress')
@@ -355,7 +355,7 @@ BEGIN
         FOR NO KEY UPDATE
     ) AS task;
     -- Now that the rows are locked, this statement's snapshot tells which are still pending.
-    PERFORM transition_task(task.task_id, 'in_progress', claim_ready_steps.metadata, 'pending')
+    PERFORM tasker_transition_task(task.task_id, 'in_progress', tasker_claim_ready_steps.metadata, 'pending')
     FROM tasker_tasks AS task
     WHERE task.task_id = ANY (startable)
       AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
@@ -375,11 +375,11 @@ BEGIN
         ORDER BY r.task_id, r.workflow_step_id
     LOOP
         IF claimable.current_state = 'error' THEN
-            PERFORM transition_workflow_step(claimable.workflow_step_id, 'pending',
-                                             claim_ready_steps.metadata, 'error');
+            PERFORM tasker_transition_workflow_step(claimable.workflow_step_id, 'pending',
+                                             tasker_claim_ready_steps.metadata, 'error');
         END IF;
-        moved := transition_workflow_step(claimable.workflow_step_id, 'in_progress',
-                                          claim_ready_steps.metadata, 'pending');
+        moved := tasker_transition_workflow_step(claimable.workflow_step_id, 'in_progress',
+                                          tasker_claim_ready_steps.metadata, 'pending');
         claimed.claimed_until := moved.created_at + lease_seconds * interval '1 second';
         UPDATE tasker_workflow_steps AS s SET claimed_until = claimed.claimed_until
         WHERE s.workflow_step_id = claimable.workflow_step_id
@@ -393,7 +393,7 @@ BEGIN
     END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb) IS
+COMMENT ON FUNCTION tasker_claim_ready_steps(bigint[], integer, integer, jsonb) IS
     'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task (new, or moved back to pending to resume it) moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: per candidate step, the index probes of its readiness; claiming from any task walks tasker_workflow_steps_claimable_idx in order until max_steps ready steps are found.';
 
 -- Why a result reported under claim claim_id on a step is refused, or NULL when the
@@ -465,7 +465,7 @@ $$;
 COMMENT ON FUNCTION tasker_held_claim(bigint, bigint) IS
     'Locks a step and checks that claim claim_id still holds on it: its in_progress transition is still the most recent one and the lease has not passed. Returns the step. Refusals: unknown_step, claim_lost, claim_expired.';
 
-CREATE FUNCTION extend_step_claim(workflow_step_id bigint, claim_id bigint, lease_seconds integer)
+CREATE FUNCTION tasker_extend_step_claim(workflow_step_id bigint, claim_id bigint, lease_seconds integer)
 RETURNS timestamp
 LANGUAGE plpgsql
 AS $$
@@ -474,23 +474,23 @@ DECLARE
 BEGIN
     IF lease_seconds IS NULL OR lease_seconds < 1 THEN
         PERFORM tasker_refuse('invalid_argument',
-            format('extend_step_claim needs lease_seconds >= 1, got %s',
+            format('tasker_extend_step_claim needs lease_seconds >= 1, got %s',
                    coalesce(lease_seconds::text, 'NULL')),
             jsonb_build_object('argument', 'lease_seconds', 'lease_seconds', lease_seconds));
     END IF;
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
     until := clock_timestamp() AT TIME ZONE 'UTC' + lease_seconds * interval '1 second';
     UPDATE tasker_workflow_steps AS s SET claimed_until = until
-    WHERE s.workflow_step_id = extend_step_claim.workflow_step_id;
+    WHERE s.workflow_step_id = tasker_extend_step_claim.workflow_step_id;
     RETURN until;
 END;
 $$;
-COMMENT ON FUNCTION extend_step_claim(bigint, bigint, integer) IS
+COMMENT ON FUNCTION tasker_extend_step_claim(bigint, bigint, integer) IS
     'Heartbeat: extends a claim that still holds to lease_seconds from now and returns the new claimed_until. Refusals: claim_lost, claim_expired, invalid_argument.';
 
 -- Results -------------------------------------------------------------------------------
 
-CREATE FUNCTION complete_step(
+CREATE FUNCTION tasker_complete_step(
     workflow_step_id bigint,
     claim_id bigint,
     results jsonb,
@@ -501,15 +501,15 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
-    UPDATE tasker_workflow_steps AS s SET results = complete_step.results
-    WHERE s.workflow_step_id = complete_step.workflow_step_id;
-    RETURN transition_workflow_step(workflow_step_id, 'complete', metadata, 'in_progress');
+    UPDATE tasker_workflow_steps AS s SET results = tasker_complete_step.results
+    WHERE s.workflow_step_id = tasker_complete_step.workflow_step_id;
+    RETURN tasker_transition_workflow_step(workflow_step_id, 'complete', metadata, 'in_progress');
 END;
 $$;
-COMMENT ON FUNCTION complete_step(bigint, bigint, jsonb, jsonb) IS
+COMMENT ON FUNCTION tasker_complete_step(bigint, bigint, jsonb, jsonb) IS
     'Records the results of a claimed step and moves it to complete (processed). Refused with claim_lost or claim_expired when the claim no longer holds; then nothing is written.';
 
-CREATE FUNCTION fail_step(
+CREATE FUNCTION tasker_fail_step(
     workflow_step_id bigint,
     claim_id bigint,
     error_info jsonb,
@@ -521,23 +521,23 @@ AS $$
 BEGIN
     IF retry_after_seconds < 0 THEN
         PERFORM tasker_refuse('invalid_argument',
-            format('fail_step needs retry_after_seconds >= 0 or NULL, got %s', retry_after_seconds),
+            format('tasker_fail_step needs retry_after_seconds >= 0 or NULL, got %s', retry_after_seconds),
             jsonb_build_object('argument', 'retry_after_seconds',
                                'retry_after_seconds', retry_after_seconds));
     END IF;
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
     -- The delay this failure asks for, or none; the next start clears it (see
-    -- transition_workflow_step), so it never outlives the retry it was for.
+    -- tasker_transition_workflow_step), so it never outlives the retry it was for.
     UPDATE tasker_workflow_steps AS s SET backoff_request_seconds = retry_after_seconds
-    WHERE s.workflow_step_id = fail_step.workflow_step_id;
-    RETURN transition_workflow_step(workflow_step_id, 'error',
+    WHERE s.workflow_step_id = tasker_fail_step.workflow_step_id;
+    RETURN tasker_transition_workflow_step(workflow_step_id, 'error',
                                     tasker_failure_metadata(error_info), 'in_progress');
 END;
 $$;
-COMMENT ON FUNCTION fail_step(bigint, bigint, jsonb, integer) IS
+COMMENT ON FUNCTION tasker_fail_step(bigint, bigint, jsonb, integer) IS
     'Records the failure of a claimed step: moves it to error with tasker_failure_metadata(error_info) ({"error": error_info, "error_message": its text}) as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL: no requested delay). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
 
-CREATE FUNCTION release_expired_claims(max_steps integer DEFAULT NULL)
+CREATE FUNCTION tasker_release_expired_claims(max_steps integer DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE plpgsql
 AS $$
@@ -559,7 +559,7 @@ BEGIN
         LIMIT max_steps
         FOR NO KEY UPDATE OF s SKIP LOCKED
     LOOP
-        PERFORM transition_workflow_step(expired.workflow_step_id, 'error',
+        PERFORM tasker_transition_workflow_step(expired.workflow_step_id, 'error',
             tasker_failure_metadata(jsonb_build_object(
                 'message', 'claim expired', 'claim_id', expired.claim_id,
                 'claimed_until', expired.claimed_until)),
@@ -568,12 +568,12 @@ BEGIN
     END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION release_expired_claims(integer) IS
+COMMENT ON FUNCTION tasker_release_expired_claims(integer) IS
     'Moves steps whose claim has expired (in process, claimed_until passed) to error, as a failed attempt, so they are retried under the usual retry rules and the late result of the old claim is refused; returns their ids. At most max_steps when given; locked steps are skipped. Cost: a range scan of tasker_workflow_steps_claimed_until_idx over expired claims.';
 
 -- Task lifecycle ------------------------------------------------------------------------
 
-CREATE FUNCTION cancel_task(task_id bigint, metadata jsonb DEFAULT '{}')
+CREATE FUNCTION tasker_cancel_task(task_id bigint, metadata jsonb DEFAULT '{}')
 RETURNS tasker_task_transitions
 LANGUAGE plpgsql
 AS $$
@@ -586,26 +586,26 @@ BEGIN
     -- step); then the next statements' snapshots see their commits and pick exactly the
     -- steps still unfinished.
     PERFORM FROM tasker_workflow_steps AS s
-    WHERE s.task_id = cancel_task.task_id AND NOT s.processed
+    WHERE s.task_id = tasker_cancel_task.task_id AND NOT s.processed
     ORDER BY s.workflow_step_id
     FOR NO KEY UPDATE;
     -- Then the task: a finalize that holds it commits first, and the state read next
     -- sees it, so a late cancel refuses instead of overwriting the finalize.
-    PERFORM FROM tasker_tasks AS t WHERE t.task_id = cancel_task.task_id FOR NO KEY UPDATE;
+    PERFORM FROM tasker_tasks AS t WHERE t.task_id = tasker_cancel_task.task_id FOR NO KEY UPDATE;
     SELECT t.to_state INTO finished FROM tasker_task_transitions AS t
-    WHERE t.task_id = cancel_task.task_id AND t.most_recent
+    WHERE t.task_id = tasker_cancel_task.task_id AND t.most_recent
       AND t.to_state IN ('complete', 'resolved_manually', 'cancelled');
     IF finished IS NOT NULL THEN
         PERFORM tasker_refuse('task_finished',
             format('task %s is already %s: there is nothing left to cancel',
-                   cancel_task.task_id, finished),
-            jsonb_build_object('task_id', cancel_task.task_id, 'state', finished));
+                   tasker_cancel_task.task_id, finished),
+            jsonb_build_object('task_id', tasker_cancel_task.task_id, 'state', finished));
     END IF;
-    written := transition_task(cancel_task.task_id, 'cancelled', metadata);
-    PERFORM transition_workflow_step(step.workflow_step_id, 'cancelled', metadata)
+    written := tasker_transition_task(tasker_cancel_task.task_id, 'cancelled', metadata);
+    PERFORM tasker_transition_workflow_step(step.workflow_step_id, 'cancelled', metadata)
     FROM (
         SELECT s.workflow_step_id FROM tasker_workflow_steps AS s
-        WHERE s.task_id = cancel_task.task_id AND NOT s.processed
+        WHERE s.task_id = tasker_cancel_task.task_id AND NOT s.processed
           AND coalesce((SELECT t.to_state FROM tasker_workflow_step_transitions AS t
                          WHERE t.workflow_step_id = s.workflow_step_id AND t.most_recent),
                        'pending') IN ('pending', 'in_progress')
@@ -614,15 +614,15 @@ BEGIN
     RETURN written;
 END;
 $$;
-COMMENT ON FUNCTION cancel_task(bigint, jsonb) IS
-    'Cancels a task and its pending and in-progress steps (a worker''s claim on a cancelled step is lost). Steps in error stay in error: the step state machine has no error -> cancelled move. Refused (task_finished) for a task already complete, resolved_manually or cancelled, also when its finalize committed while this call waited for the task: cancelling stops work that is not done (transition_task moves a finished task to cancelled for an operator who means it). Other refusals as transition_task (an errored task cannot be cancelled: error -> cancelled is not a task move).';
+COMMENT ON FUNCTION tasker_cancel_task(bigint, jsonb) IS
+    'Cancels a task and its pending and in-progress steps (a worker''s claim on a cancelled step is lost). Steps in error stay in error: the step state machine has no error -> cancelled move. Refused (task_finished) for a task already complete, resolved_manually or cancelled, also when its finalize committed while this call waited for the task: cancelling stops work that is not done (tasker_transition_task moves a finished task to cancelled for an operator who means it). Other refusals as tasker_transition_task (an errored task cannot be cancelled: error -> cancelled is not a task move).';
 
-CREATE FUNCTION finalize_task(task_id bigint, metadata jsonb DEFAULT '{}')
+CREATE FUNCTION tasker_finalize_task(task_id bigint, metadata jsonb DEFAULT '{}')
 RETURNS tasker_task_state
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    the_task_id CONSTANT bigint := finalize_task.task_id;
+    the_task_id CONSTANT bigint := tasker_finalize_task.task_id;
     ctx tasker_task_execution_context_row;
 BEGIN
     -- The task's unfinished steps, then the task (the lock order): no claim can take a
@@ -650,12 +650,12 @@ BEGIN
         END IF;
         -- A task blocked earlier whose failed steps were since resolved resumes first.
         IF ctx.status = 'error' THEN
-            PERFORM transition_task(the_task_id, 'pending', metadata, 'error');
+            PERFORM tasker_transition_task(the_task_id, 'pending', metadata, 'error');
         END IF;
         IF ctx.status IN ('pending', 'error') THEN
-            PERFORM transition_task(the_task_id, 'in_progress', metadata, 'pending');
+            PERFORM tasker_transition_task(the_task_id, 'in_progress', metadata, 'pending');
         END IF;
-        PERFORM transition_task(the_task_id, 'complete', metadata);
+        PERFORM tasker_transition_task(the_task_id, 'complete', metadata);
         RETURN 'complete';
     ELSIF ctx.execution_status = 'blocked_by_failures' THEN
         IF ctx.status = 'error' THEN
@@ -665,7 +665,7 @@ BEGIN
         -- backoff will be ready again and may unblock the rest.
         IF NOT EXISTS (SELECT FROM tasker_step_readiness(ARRAY[the_task_id], NULL) AS r
                         WHERE r.current_state = 'error' AND r.retry_eligible) THEN
-            PERFORM transition_task(the_task_id, 'error', metadata);
+            PERFORM tasker_transition_task(the_task_id, 'error', metadata);
             RETURN 'error';
         END IF;
     END IF;
@@ -677,5 +677,5 @@ BEGIN
     RETURN NULL;
 END;
 $$;
-COMMENT ON FUNCTION finalize_task(bigint, jsonb) IS
+COMMENT ON FUNCTION tasker_finalize_task(bigint, jsonb) IS
     'Finalizes a task from its execution context: all_complete moves it to complete (through in_progress when still pending, and through pending and in_progress when in error after its failed steps were resolved; tasker_tasks.complete becomes true), blocked_by_failures moves it to error once no failed step has a retry left. The task''s unfinished steps are locked first, so no claim slips in between. Idempotent: a task already in that state is left as it is, and so is a task already cancelled or resolved_manually (its state is returned). Returns the task''s state. Refusals: unknown_task, task_not_finished (work remains, or a blocked task''s failed step still has a retry left).';

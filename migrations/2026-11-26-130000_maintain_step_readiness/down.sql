@@ -8,8 +8,8 @@ DROP FUNCTION tasker_finalize_settled_tasks(integer, jsonb, bigint[]);
 DROP FUNCTION tasker_step_work_inputs(bigint[]);
 DROP FUNCTION tasker_settled_tasks(bigint, integer, bigint[]);
 DROP INDEX tasker_task_transitions_in_progress_idx;
-DROP FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb, boolean[], jsonb);
-CREATE OR REPLACE FUNCTION fail_step(
+DROP FUNCTION tasker_report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb, boolean[], jsonb);
+CREATE OR REPLACE FUNCTION tasker_fail_step(
     workflow_step_id bigint,
     claim_id bigint,
     error_info jsonb,
@@ -21,23 +21,23 @@ AS $$
 BEGIN
     IF retry_after_seconds < 0 THEN
         PERFORM tasker_refuse('invalid_argument',
-            format('fail_step needs retry_after_seconds >= 0 or NULL, got %s', retry_after_seconds),
+            format('tasker_fail_step needs retry_after_seconds >= 0 or NULL, got %s', retry_after_seconds),
             jsonb_build_object('argument', 'retry_after_seconds',
                                'retry_after_seconds', retry_after_seconds));
     END IF;
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
     -- The delay this failure asks for, or none; the next start clears it (see
-    -- transition_workflow_step), so it never outlives the retry it was for.
+    -- tasker_transition_workflow_step), so it never outlives the retry it was for.
     UPDATE tasker_workflow_steps AS s SET backoff_request_seconds = retry_after_seconds
-    WHERE s.workflow_step_id = fail_step.workflow_step_id;
-    RETURN transition_workflow_step(workflow_step_id, 'error',
+    WHERE s.workflow_step_id = tasker_fail_step.workflow_step_id;
+    RETURN tasker_transition_workflow_step(workflow_step_id, 'error',
                                     tasker_failure_metadata(error_info), 'in_progress');
 END;
 $$;
-COMMENT ON FUNCTION fail_step(bigint, bigint, jsonb, integer) IS
+COMMENT ON FUNCTION tasker_fail_step(bigint, bigint, jsonb, integer) IS
     'Records the failure of a claimed step: moves it to error with tasker_failure_metadata(error_info) ({"error": error_info, "error_message": its text}) as the transition metadata and sets backoff_request_seconds to retry_after_seconds (NULL: no requested delay). The step is retried by a later claim once the readiness gates allow it (attempts below retry_limit, retryable, backoff passed), else it is permanently failed. Refused with claim_lost or claim_expired when the claim no longer holds.';
 
-CREATE OR REPLACE FUNCTION complete_step(
+CREATE OR REPLACE FUNCTION tasker_complete_step(
     workflow_step_id bigint,
     claim_id bigint,
     results jsonb,
@@ -48,21 +48,21 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
     PERFORM tasker_held_claim(workflow_step_id, claim_id);
-    UPDATE tasker_workflow_steps AS s SET results = complete_step.results
-    WHERE s.workflow_step_id = complete_step.workflow_step_id;
-    RETURN transition_workflow_step(workflow_step_id, 'complete', metadata, 'in_progress');
+    UPDATE tasker_workflow_steps AS s SET results = tasker_complete_step.results
+    WHERE s.workflow_step_id = tasker_complete_step.workflow_step_id;
+    RETURN tasker_transition_workflow_step(workflow_step_id, 'complete', metadata, 'in_progress');
 END;
 $$;
-COMMENT ON FUNCTION complete_step(bigint, bigint, jsonb, jsonb) IS
+COMMENT ON FUNCTION tasker_complete_step(bigint, bigint, jsonb, jsonb) IS
     'Records the results of a claimed step and moves it to complete (processed). Refused with claim_lost or claim_expired when the claim no longer holds; then nothing is written.';
 
 DROP FUNCTION tasker_reported_transition(tasker_step_report_row);
-DROP FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb, boolean[]);
+DROP FUNCTION tasker_report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb, boolean[]);
 DROP TYPE tasker_step_report_row;
 DROP FUNCTION tasker_listen_for_work();
 DROP INDEX tasker_workflow_steps_backoff_idx;
 
-CREATE OR REPLACE FUNCTION transition_workflow_step(
+CREATE OR REPLACE FUNCTION tasker_transition_workflow_step(
     workflow_step_id bigint,
     to_state tasker_step_state,
     metadata jsonb DEFAULT '{}',
@@ -72,8 +72,8 @@ RETURNS tasker_workflow_step_transitions
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    step_id CONSTANT bigint := transition_workflow_step.workflow_step_id;
-    target CONSTANT tasker_step_state := transition_workflow_step.to_state;
+    step_id CONSTANT bigint := tasker_transition_workflow_step.workflow_step_id;
+    target CONSTANT tasker_step_state := tasker_transition_workflow_step.to_state;
     stamp CONSTANT timestamp := clock_timestamp() AT TIME ZONE 'UTC';
     step tasker_workflow_steps;
     latest tasker_workflow_step_transitions;
@@ -143,10 +143,10 @@ BEGIN
 END;
 $$;
 
-DROP FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb, jsonb);
+DROP FUNCTION tasker_claim_ready_steps(bigint[], integer, integer, jsonb, jsonb);
 DROP FUNCTION tasker_step_in_scope(integer, bigint, bigint[]);
 DROP FUNCTION tasker_step_filter_keys(jsonb);
-CREATE FUNCTION claim_ready_steps(
+CREATE FUNCTION tasker_claim_ready_steps(
     task_ids bigint[],
     max_steps integer,
     lease_seconds integer,
@@ -169,7 +169,7 @@ DECLARE
 BEGIN
     IF max_steps IS NULL OR max_steps < 1 OR lease_seconds IS NULL OR lease_seconds < 1 THEN
         PERFORM tasker_refuse('invalid_argument',
-            format('claim_ready_steps needs max_steps >= 1 and lease_seconds >= 1, got %s and %s',
+            format('tasker_claim_ready_steps needs max_steps >= 1 and lease_seconds >= 1, got %s and %s',
                    coalesce(max_steps::text, 'NULL'), coalesce(lease_seconds::text, 'NULL')),
             jsonb_build_object('max_steps', max_steps, 'lease_seconds', lease_seconds));
     END IF;
@@ -182,7 +182,7 @@ BEGIN
     -- task by task in id order. (One query with a task-id range for both would do the
     -- same with custom plans, but its generic plan misjudges the range and sorts every
     -- candidate instead: 8 ms a claim instead of under 1 ms on a small table.)
-    IF claim_ready_steps.task_ids IS NULL THEN
+    IF tasker_claim_ready_steps.task_ids IS NULL THEN
         SELECT array_agg(candidate.workflow_step_id) INTO locked FROM (
             SELECT step.workflow_step_id
             FROM tasker_workflow_steps AS step
@@ -199,7 +199,7 @@ BEGIN
     ELSE
         FOR wanted IN
             SELECT DISTINCT requested.task_id
-            FROM unnest(claim_ready_steps.task_ids) AS requested (task_id)
+            FROM unnest(tasker_claim_ready_steps.task_ids) AS requested (task_id)
             WHERE coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
                              WHERE t.task_id = requested.task_id AND t.most_recent),
                            'pending') IN ('pending', 'in_progress')
@@ -239,7 +239,7 @@ BEGIN
         FOR NO KEY UPDATE
     ) AS task;
     -- Now that the rows are locked, this statement's snapshot tells which are still pending.
-    PERFORM transition_task(task.task_id, 'in_progress', claim_ready_steps.metadata, 'pending')
+    PERFORM tasker_transition_task(task.task_id, 'in_progress', tasker_claim_ready_steps.metadata, 'pending')
     FROM tasker_tasks AS task
     WHERE task.task_id = ANY (startable)
       AND coalesce((SELECT t.to_state FROM tasker_task_transitions AS t
@@ -259,11 +259,11 @@ BEGIN
         ORDER BY r.task_id, r.workflow_step_id
     LOOP
         IF claimable.current_state = 'error' THEN
-            PERFORM transition_workflow_step(claimable.workflow_step_id, 'pending',
-                                             claim_ready_steps.metadata, 'error');
+            PERFORM tasker_transition_workflow_step(claimable.workflow_step_id, 'pending',
+                                             tasker_claim_ready_steps.metadata, 'error');
         END IF;
-        moved := transition_workflow_step(claimable.workflow_step_id, 'in_progress',
-                                          claim_ready_steps.metadata, 'pending');
+        moved := tasker_transition_workflow_step(claimable.workflow_step_id, 'in_progress',
+                                          tasker_claim_ready_steps.metadata, 'pending');
         claimed.claimed_until := moved.created_at + lease_seconds * interval '1 second';
         UPDATE tasker_workflow_steps AS s SET claimed_until = claimed.claimed_until
         WHERE s.workflow_step_id = claimable.workflow_step_id
@@ -277,10 +277,10 @@ BEGIN
     END LOOP;
 END;
 $$;
-COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb) IS
+COMMENT ON FUNCTION tasker_claim_ready_steps(bigint[], integer, integer, jsonb) IS
     'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task (new, or moved back to pending to resume it) moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: per candidate step, the index probes of its readiness; claiming from any task walks tasker_workflow_steps_claimable_idx in order until max_steps ready steps are found.';
 
-CREATE OR REPLACE FUNCTION get_system_health_counts()
+CREATE OR REPLACE FUNCTION tasker_system_health_counts()
 RETURNS TABLE (
     total_tasks bigint,
     pending_tasks bigint,
@@ -347,7 +347,7 @@ AS $$
         current_setting('max_connections')::integer
     FROM tasks, steps, failed
 $$;
-COMMENT ON FUNCTION get_system_health_counts() IS
+COMMENT ON FUNCTION tasker_system_health_counts() IS
     'One row of monitoring counts: tasks and steps by current state (no transition counts as pending), steps in error that may be retried and that may not, client connections and max_connections. Cost grows linearly with the tables: it counts tasks and steps and reads the current-transition indexes in full (index-only scans once vacuumed), plus readiness probes for steps in error. Poll it every few seconds, not per request.';
 
 CREATE OR REPLACE FUNCTION get_task_execution_contexts_batch(task_ids bigint[])

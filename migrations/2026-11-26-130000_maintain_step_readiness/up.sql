@@ -929,7 +929,7 @@ $$;
 COMMENT ON FUNCTION get_task_execution_contexts_batch(bigint[]) IS
     'Execution context (step counts by state, execution status, recommended action, health) of the given tasks, one row per distinct existing task (unknown ids give no row, NULL no rows), ordered by task_id: the only definition of the context rules. Counts come from tasker_task_step_counts, ready steps from the runnable-steps index. Cost: a few index probes per task, plus one index entry per runnable step.';
 
-CREATE OR REPLACE FUNCTION get_system_health_counts()
+CREATE OR REPLACE FUNCTION tasker_system_health_counts()
 RETURNS TABLE (
     total_tasks bigint,
     pending_tasks bigint,
@@ -1001,12 +1001,12 @@ AS $$
         current_setting('max_connections')::integer
     FROM tasks, steps
 $$;
-COMMENT ON FUNCTION get_system_health_counts() IS
+COMMENT ON FUNCTION tasker_system_health_counts() IS
     'One row of monitoring counts: tasks and steps by current state (no transition counts as pending), steps in error that may be retried and that may not, client connections and max_connections. Cost grows with the number of tasks, not steps: it counts tasks, reads the current-transition index of tasks in full (index-only once vacuumed) and sums tasker_task_step_counts. Poll it every few seconds, not per request.';
 
 -- Transitions write the history in one statement -------------------------------------
 
-CREATE OR REPLACE FUNCTION transition_workflow_step(
+CREATE OR REPLACE FUNCTION tasker_transition_workflow_step(
     workflow_step_id bigint,
     to_state tasker_step_state,
     metadata jsonb DEFAULT '{}',
@@ -1019,8 +1019,8 @@ SET tasker.writer_maintains = 'on'
 SET enable_seqscan = off
 AS $$
 DECLARE
-    step_id CONSTANT bigint := transition_workflow_step.workflow_step_id;
-    target CONSTANT tasker_step_state := transition_workflow_step.to_state;
+    step_id CONSTANT bigint := tasker_transition_workflow_step.workflow_step_id;
+    target CONSTANT tasker_step_state := tasker_transition_workflow_step.to_state;
     stamp CONSTANT timestamp := clock_timestamp() AT TIME ZONE 'UTC';
     step tasker_workflow_steps;
     latest tasker_workflow_step_transitions;
@@ -1176,8 +1176,8 @@ COMMENT ON FUNCTION tasker_step_in_scope(integer, bigint, bigint[]) IS
     'Whether a step of named step named_step_id in task task_id is of one of the task-scoped kinds of a claim''s step filter (scoped, from tasker_step_filter_keys).';
 
 -- The step filter is a new last argument: the signature of migration 120000 goes.
-DROP FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb);
-CREATE FUNCTION claim_ready_steps(
+DROP FUNCTION tasker_claim_ready_steps(bigint[], integer, integer, jsonb);
+CREATE FUNCTION tasker_claim_ready_steps(
     task_ids bigint[],
     max_steps integer,
     lease_seconds integer,
@@ -1205,7 +1205,7 @@ DECLARE
 BEGIN
     IF max_steps IS NULL OR max_steps < 1 OR lease_seconds IS NULL OR lease_seconds < 1 THEN
         PERFORM tasker_refuse('invalid_argument',
-            format('claim_ready_steps needs max_steps >= 1 and lease_seconds >= 1, got %s and %s',
+            format('tasker_claim_ready_steps needs max_steps >= 1 and lease_seconds >= 1, got %s and %s',
                    coalesce(max_steps::text, 'NULL'), coalesce(lease_seconds::text, 'NULL')),
             jsonb_build_object('argument', CASE WHEN max_steps IS NULL OR max_steps < 1
                                                 THEN 'max_steps' ELSE 'lease_seconds' END,
@@ -1214,7 +1214,7 @@ BEGIN
     -- A claim on a standby (or in a read-only transaction) must fail, not find nothing: a
     -- worker routed there by mistake would otherwise see no work at all.
     IF current_setting('transaction_read_only')::boolean THEN
-        RAISE EXCEPTION 'claim_ready_steps cannot claim in a read-only transaction'
+        RAISE EXCEPTION 'tasker_claim_ready_steps cannot claim in a read-only transaction'
             USING ERRCODE = 'read_only_sql_transaction';
     END IF;
     IF step_filter IS NOT NULL THEN
@@ -1234,7 +1234,7 @@ BEGIN
     -- tasks at once, or task by task in id order. (One query with a task-id range for both would do the
     -- same with custom plans, but its generic plan misjudges the range and sorts every
     -- candidate instead: 8 ms a claim instead of under 1 ms on a small table.)
-    IF claim_ready_steps.task_ids IS NULL THEN
+    IF tasker_claim_ready_steps.task_ids IS NULL THEN
         SELECT array_agg(candidate.workflow_step_id) INTO locked FROM (
             SELECT step.workflow_step_id
             FROM tasker_workflow_steps AS step
@@ -1259,7 +1259,7 @@ BEGIN
         FOR wanted IN
             SELECT DISTINCT requested.task_id
             FROM (SELECT listed.task_id
-                  FROM unnest(claim_ready_steps.task_ids) AS listed (task_id)
+                  FROM unnest(tasker_claim_ready_steps.task_ids) AS listed (task_id)
                   WHERE (SELECT true FROM tasker_workflow_steps AS step
                           WHERE step.task_id = listed.task_id AND step.runnable
                           LIMIT 1)
@@ -1335,7 +1335,7 @@ BEGIN
         INSERT INTO tasker_task_transitions
             (task_id, to_state, from_state, metadata, sort_key, most_recent, created_at,
              updated_at)
-        SELECT p.task_id, 'in_progress', p.latest_state, coalesce(claim_ready_steps.metadata, '{}'),
+        SELECT p.task_id, 'in_progress', p.latest_state, coalesce(tasker_claim_ready_steps.metadata, '{}'),
                p.top_key + 1, true, stamp, stamp
         -- Reading cleared runs it first: one current transition per task at any time.
         FROM pending AS p, (SELECT count(*) FROM cleared) AS old_ones;
@@ -1344,7 +1344,7 @@ BEGIN
     -- 3. Recheck with this statement's snapshot, which sees every commit made before
     -- the locks were granted, and move every step that is still ready in one statement:
     -- its history (a step that failed last goes back to pending first: error -> pending
-    -- -> in_progress), its flags as transition_workflow_step sets them for a start (an
+    -- -> in_progress), its flags as tasker_transition_workflow_step sets them for a start (an
     -- attempt, in process, the requested delay honoured), its maintained state and its
     -- lease.
     WITH ready AS MATERIALIZED (
@@ -1379,7 +1379,7 @@ BEGIN
         INSERT INTO tasker_workflow_step_transitions
             (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
              created_at, updated_at)
-        SELECT r.workflow_step_id, 'pending', 'error', coalesce(claim_ready_steps.metadata, '{}'),
+        SELECT r.workflow_step_id, 'pending', 'error', coalesce(tasker_claim_ready_steps.metadata, '{}'),
                r.top_key + 1, false, stamp, stamp
         FROM ready AS r
         WHERE r.via_pending
@@ -1390,7 +1390,7 @@ BEGIN
              created_at, updated_at)
         SELECT r.workflow_step_id, 'in_progress',
                CASE WHEN r.via_pending THEN 'pending' ELSE r.latest_state END,
-               coalesce(claim_ready_steps.metadata, '{}'),
+               coalesce(tasker_claim_ready_steps.metadata, '{}'),
                r.top_key + 1 + r.via_pending::integer, true, stamp, stamp
         -- Reading cleared runs it first: one current transition per step at any time;
         -- reading via_pending gives the pending moves the lower ids.
@@ -1405,7 +1405,7 @@ BEGIN
             attempts = coalesce(s.attempts, 0) + 1,
             last_attempted_at = stamp,
             backoff_request_seconds = NULL,
-            claimed_until = stamp + claim_ready_steps.lease_seconds * interval '1 second',
+            claimed_until = stamp + tasker_claim_ready_steps.lease_seconds * interval '1 second',
             current_state = 'in_progress',
             last_failure_at = NULL,
             updated_at = stamp
@@ -1431,7 +1431,7 @@ BEGIN
     RETURN QUERY SELECT * FROM unnest(claimed);
 END;
 $$;
-COMMENT ON FUNCTION claim_ready_steps(bigint[], integer, integer, jsonb, jsonb) IS
+COMMENT ON FUNCTION tasker_claim_ready_steps(bigint[], integer, integer, jsonb, jsonb) IS
     'Claims up to max_steps steps that are ready now, of the given tasks or (task_ids NULL) of any task, and of the step kinds step_filter names (NULL: of every kind; see tasker_step_filter_keys), oldest task (lowest task_id) first, then by step id. Steps are locked with FOR NO KEY UPDATE SKIP LOCKED on their rows, so concurrent callers never get the same step; each is rechecked after locking, moved to in_progress (an error step via pending), counted as an attempt, and leased for lease_seconds. A pending task (new, or moved back to pending to resume it) moves to in_progress with its first claim; steps of tasks in any other state than pending or in_progress are not claimed. Cost: claiming walks tasker_workflow_steps_runnable_idx (runnable steps only) in order until max_steps ready steps are found, with one probe per candidate for its task''s state (and, with a step filter naming task-scoped kinds, one for its task); ready steps the filter leaves are walked past.';
 
 -- Waiting for work -----------------------------------------------------------------------
@@ -1481,9 +1481,9 @@ CREATE TYPE tasker_step_report_row AS (
     refusal jsonb
 );
 COMMENT ON TYPE tasker_step_report_row IS
-    'The outcome of one result reported by report_steps: the id of the transition it wrote (for a result reported again under the same claim, the one the first report wrote), or (transition_id NULL) why it was refused, as the JSON detail tasker_refuse raises (unknown_step, claim_lost, claim_expired, invalid_argument).';
+    'The outcome of one result reported by tasker_report_steps: the id of the transition it wrote (for a result reported again under the same claim, the one the first report wrote), or (transition_id NULL) why it was refused, as the JSON detail tasker_refuse raises (unknown_step, claim_lost, claim_expired, invalid_argument).';
 
-CREATE FUNCTION report_steps(
+CREATE FUNCTION tasker_report_steps(
     workflow_step_ids bigint[],
     claim_ids bigint[],
     outcomes tasker_step_state[],
@@ -1509,7 +1509,7 @@ BEGIN
        OR (retry_after_seconds IS NOT NULL AND cardinality(retry_after_seconds) <> n)
        OR (permanent IS NOT NULL AND cardinality(permanent) <> n) THEN
         PERFORM tasker_refuse('invalid_argument',
-            format('report_steps needs one claim id, outcome and payload (and retry delay and permanence, when given) per step, got %s steps, %s claim ids, %s outcomes, %s payloads, %s delays and %s permanence flags',
+            format('tasker_report_steps needs one claim id, outcome and payload (and retry delay and permanence, when given) per step, got %s steps, %s claim ids, %s outcomes, %s payloads, %s delays and %s permanence flags',
                    n, coalesce(cardinality(claim_ids), 0), coalesce(cardinality(outcomes), 0),
                    coalesce(cardinality(payloads), 0),
                    coalesce(cardinality(retry_after_seconds)::text, 'no'),
@@ -1519,12 +1519,12 @@ BEGIN
     IF EXISTS (SELECT FROM unnest(outcomes) AS o (outcome)
                 WHERE o.outcome IS NULL OR o.outcome NOT IN ('complete', 'error', 'pending')) THEN
         PERFORM tasker_refuse('invalid_argument',
-            'report_steps takes the outcomes complete, error and pending (a release) only',
+            'tasker_report_steps takes the outcomes complete, error and pending (a release) only',
             jsonb_build_object('argument', 'outcomes', 'outcomes', outcomes));
     END IF;
     IF (SELECT count(DISTINCT id) FROM unnest(workflow_step_ids) AS i (id)) <> n THEN
         PERFORM tasker_refuse('invalid_argument',
-            'report_steps takes each workflow step at most once per call',
+            'tasker_report_steps takes each workflow step at most once per call',
             jsonb_build_object('argument', 'workflow_step_ids',
                                'workflow_step_ids', workflow_step_ids));
     END IF;
@@ -1573,7 +1573,7 @@ BEGIN
                        ELSE 'error'::tasker_step_state
                    END AS to_state,
                    CASE i.outcome
-                       WHEN 'complete' THEN coalesce(report_steps.metadata, '{}')
+                       WHEN 'complete' THEN coalesce(tasker_report_steps.metadata, '{}')
                        WHEN 'error' THEN tasker_failure_metadata(i.payload)
                        ELSE tasker_failure_metadata(i.payload) || '{"released": true}'::jsonb
                    END AS metadata
@@ -1633,14 +1633,14 @@ BEGIN
         INSERT INTO tasker_workflow_step_transitions
             (workflow_step_id, to_state, from_state, metadata, sort_key, most_recent,
              created_at, updated_at)
-        SELECT h.workflow_step_id, 'pending', 'error', coalesce(report_steps.metadata, '{}'),
+        SELECT h.workflow_step_id, 'pending', 'error', coalesce(tasker_report_steps.metadata, '{}'),
                h.top_key + 2, true, stamp, stamp
         -- Reading written gives the failures the lower ids.
         FROM held AS h, (SELECT count(*) FROM written) AS before_these
         WHERE h.outcome = 'pending'
         RETURNING id
     ), moved AS (
-        -- The flags as transition_workflow_step sets them for complete and error; a
+        -- The flags as tasker_transition_workflow_step sets them for complete and error; a
         -- failure's requested delay is kept until the next start honours it. A
         -- permanent failure makes the step not retryable (it has been attempted, so
         -- it is not retry eligible either); a release gives the attempt back.
@@ -1682,7 +1682,7 @@ BEGIN
     RETURN QUERY SELECT * FROM unnest(reported);
 END;
 $$;
-COMMENT ON FUNCTION report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb, boolean[]) IS
+COMMENT ON FUNCTION tasker_report_steps(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], jsonb, boolean[]) IS
     'Reports the results of many claimed steps in one statement, one row per step in the order given. Outcome complete records the payload as the step''s results and completes it (metadata in the transition); outcome error moves it to error with tasker_failure_metadata(payload) ({"error": payload, "error_message": its text}) as the transition metadata and the step''s retry delay (retry_after_seconds, NULL: none) as backoff_request_seconds, and when its permanent flag is true makes the step not retryable; outcome pending releases the claim: error with that metadata and "released": true, then pending, the attempt not counted, claimable at once. Each result is checked on its own: one whose claim no longer holds (or whose delay is negative) is refused in its row, transition_id NULL, and the others are written; a result reported again under the same claim (same outcome and payload) is not written twice, its row gives the transition the first report wrote. Refused as a whole (invalid_argument) when the arrays differ in length, an outcome is not complete, error or pending, or a step appears twice.';
 
 -- The single-step calls are the one-element case; a refusal is raised.
@@ -1703,9 +1703,9 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION tasker_reported_transition(tasker_step_report_row) IS
-    'The transition a report_steps row wrote, or its refusal raised.';
+    'The transition a tasker_report_steps row wrote, or its refusal raised.';
 
-CREATE OR REPLACE FUNCTION complete_step(
+CREATE OR REPLACE FUNCTION tasker_complete_step(
     workflow_step_id bigint,
     claim_id bigint,
     results jsonb,
@@ -1718,13 +1718,13 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
     RETURN (SELECT tasker_reported_transition(r)
-            FROM report_steps(ARRAY[complete_step.workflow_step_id],
-                              ARRAY[complete_step.claim_id], '{complete}',
-                              ARRAY[complete_step.results], NULL, complete_step.metadata) AS r);
+            FROM tasker_report_steps(ARRAY[tasker_complete_step.workflow_step_id],
+                              ARRAY[tasker_complete_step.claim_id], '{complete}',
+                              ARRAY[tasker_complete_step.results], NULL, tasker_complete_step.metadata) AS r);
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION fail_step(
+CREATE OR REPLACE FUNCTION tasker_fail_step(
     workflow_step_id bigint,
     claim_id bigint,
     error_info jsonb,
@@ -1735,13 +1735,13 @@ LANGUAGE plpgsql
 AS $$
 BEGIN
     RETURN (SELECT tasker_reported_transition(r)
-            FROM report_steps(ARRAY[fail_step.workflow_step_id], ARRAY[fail_step.claim_id],
-                              '{error}', ARRAY[fail_step.error_info],
-                              ARRAY[fail_step.retry_after_seconds]) AS r);
+            FROM tasker_report_steps(ARRAY[tasker_fail_step.workflow_step_id], ARRAY[tasker_fail_step.claim_id],
+                              '{error}', ARRAY[tasker_fail_step.error_info],
+                              ARRAY[tasker_fail_step.retry_after_seconds]) AS r);
 END;
 $$;
 
-CREATE FUNCTION report_and_claim(
+CREATE FUNCTION tasker_report_and_claim(
     workflow_step_ids bigint[],
     claim_ids bigint[],
     outcomes tasker_step_state[],
@@ -1764,18 +1764,18 @@ BEGIN
     -- Results first: a step completed here may make its children claimable below.
     RETURN QUERY
         SELECT r, NULL::tasker_step_claim_row
-        FROM report_steps(workflow_step_ids, claim_ids, outcomes, payloads,
+        FROM tasker_report_steps(workflow_step_ids, claim_ids, outcomes, payloads,
                           retry_after_seconds, metadata, permanent) AS r;
     IF max_steps > 0 THEN
         RETURN QUERY
             SELECT NULL::tasker_step_report_row, c
-            FROM claim_ready_steps(task_ids, max_steps, lease_seconds, metadata,
+            FROM tasker_claim_ready_steps(task_ids, max_steps, lease_seconds, metadata,
                                    step_filter) AS c;
     END IF;
 END;
 $$;
-COMMENT ON FUNCTION report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb, boolean[], jsonb) IS
-    'A worker''s round trip: reports results as report_steps does, then (max_steps > 0) claims up to max_steps steps as claim_ready_steps does, in one statement. One row per reported result (claimed NULL), in the order given, then one per claimed step (reported NULL).';
+COMMENT ON FUNCTION tasker_report_and_claim(bigint[], bigint[], tasker_step_state[], jsonb[], integer[], bigint[], integer, integer, jsonb, boolean[], jsonb) IS
+    'A worker''s round trip: reports results as tasker_report_steps does, then (max_steps > 0) claims up to max_steps steps as tasker_claim_ready_steps does, in one statement. One row per reported result (claimed NULL), in the order given, then one per claimed step (reported NULL).';
 
 CREATE FUNCTION tasker_step_work_inputs(workflow_step_ids bigint[])
 RETURNS TABLE (
@@ -1830,7 +1830,7 @@ AS $$
       AND active.task_id > coalesce(after_task_id, 0)
       -- Filtered before the context is read: only these tasks' contexts are.
       AND (among IS NULL OR active.task_id = ANY (among))
-      -- What finalize_task finalizes: every step complete, or blocked with no failed
+      -- What tasker_finalize_task finalizes: every step complete, or blocked with no failed
       -- step that has a retry left (such a step is runnable).
       AND (context.execution_status = 'all_complete'
            OR (context.execution_status = 'blocked_by_failures'
@@ -1840,7 +1840,7 @@ AS $$
     LIMIT max_tasks
 $$;
 COMMENT ON FUNCTION tasker_settled_tasks(bigint, integer, bigint[]) IS
-    'Up to max_tasks tasks in progress with an id above after_task_id (NULL: 0), and among the given ones (NULL: any), that finalize_task would finalize now (all steps complete, or blocked by failures with no retry left), in id order. Cost: a walk of tasker_task_transitions_in_progress_idx (tasks in progress only, one index entry each) with the execution context of each candidate, until max_tasks are found.';
+    'Up to max_tasks tasks in progress with an id above after_task_id (NULL: 0), and among the given ones (NULL: any), that tasker_finalize_task would finalize now (all steps complete, or blocked by failures with no retry left), in id order. Cost: a walk of tasker_task_transitions_in_progress_idx (tasks in progress only, one index entry each) with the execution context of each candidate, until max_tasks are found.';
 
 CREATE FUNCTION tasker_finalize_settled_tasks(
     max_tasks integer,
@@ -1861,7 +1861,7 @@ BEGIN
     END IF;
     FOR settled IN SELECT s FROM tasker_settled_tasks(0, max_tasks, among) AS s LOOP
         BEGIN
-            task_state := finalize_task(settled, metadata);
+            task_state := tasker_finalize_task(settled, metadata);
             task_id := settled;
             RETURN NEXT;
         EXCEPTION WHEN SQLSTATE 'TK001' THEN
@@ -1873,7 +1873,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION tasker_finalize_settled_tasks(integer, jsonb, bigint[]) IS
-    'Finalizes (finalize_task) up to max_tasks tasks that tasker_settled_tasks finds (among the given ones, NULL: any), lowest id first, and returns each with the state it was finalized to; a task that changed in between is passed over. For a sweeper that finalizes tasks whoever ran their last step: call it until it returns fewer than max_tasks rows. Cost: that of tasker_settled_tasks plus finalize_task per task.';
+    'Finalizes (tasker_finalize_task) up to max_tasks tasks that tasker_settled_tasks finds (among the given ones, NULL: any), lowest id first, and returns each with the state it was finalized to; a task that changed in between is passed over. For a sweeper that finalizes tasks whoever ran their last step: call it until it returns fewer than max_tasks rows. Cost: that of tasker_settled_tasks plus tasker_finalize_task per task.';
 
 -- Check and repair ---------------------------------------------------------------------
 

@@ -38,10 +38,10 @@ AS $$
                AND s.next_retry_at > (now() AT TIME ZONE 'UTC')),
            h.active_connections,
            h.max_connections::bigint
-    FROM get_system_health_counts() AS h
+    FROM tasker_system_health_counts() AS h
 $$;
 COMMENT ON FUNCTION get_system_health_counts_v01() IS
-    'The Rails engine''s health counts (its /health endpoint): get_system_health_counts without the resolved_manually and cancelled step columns, with in_backoff_steps (failed steps with a retry left whose backoff has not passed).';
+    'The Rails engine''s health counts (its /health endpoint): tasker_system_health_counts without the resolved_manually and cancelled step columns, with in_backoff_steps (failed steps with a retry left whose backoff has not passed).';
 
 CREATE FUNCTION get_analytics_metrics_v01(since_timestamp timestamptz DEFAULT NULL)
 RETURNS TABLE (

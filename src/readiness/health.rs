@@ -55,9 +55,9 @@ pub struct SystemHealthCounts {
     pub max_connections: i32,
 }
 
-/// The counts (`get_system_health_counts`). They cost a pass over the tasks,
+/// The counts (`tasker_system_health_counts`). They cost a pass over the tasks,
 /// their current transitions and their maintained step counts (not over the
 /// steps): poll every few seconds, not per request.
 pub fn get_system_health_counts(conn: &mut PgConnection) -> Result<SystemHealthCounts> {
-    Ok(FunctionCall::new("get_system_health_counts", ()).get_result(conn)?)
+    Ok(FunctionCall::new("tasker_system_health_counts", ()).get_result(conn)?)
 }

@@ -233,7 +233,7 @@ pub struct Claim {
     pub claim_id: i64,
 }
 
-/// Claims ready steps (`claim_ready_steps`): each returned step is locked
+/// Claims ready steps (`tasker_claim_ready_steps`): each returned step is locked
 /// against other claimers, moved to `in_progress` (a failed step through
 /// `pending`), counted as an attempt and leased. Two callers never get the
 /// same step. Ordered by task id, then step id.
@@ -258,7 +258,7 @@ pub fn claim_ready_steps(
 ) -> Result<Vec<ClaimedStep>> {
     let binds = request.binds(1)?;
     let rows: Vec<ClaimRow> = FunctionCall::new(
-        "claim_ready_steps",
+        "tasker_claim_ready_steps",
         (
             binds.task_ids.into_sql::<Nullable<Array<BigInt>>>(),
             binds.max_steps.into_sql::<Integer>(),
@@ -392,7 +392,7 @@ fn in_transaction(conn: &mut PgConnection) -> Result<bool> {
 }
 
 /// Records a claimed step's `results` and moves it to `complete`
-/// (`complete_step`). Refused with [`crate::Refusal::ClaimLost`] or
+/// (`tasker_complete_step`). Refused with [`crate::Refusal::ClaimLost`] or
 /// [`crate::Refusal::ClaimExpired`] when the claim no longer holds.
 pub fn complete_step(
     conn: &mut PgConnection,
@@ -401,7 +401,7 @@ pub fn complete_step(
 ) -> Result<WorkflowStepTransition> {
     arguments::json("results", results)?;
     Ok(FunctionCall::new(
-        "complete_step",
+        "tasker_complete_step",
         (
             claim.workflow_step_id.into_sql::<BigInt>(),
             claim.claim_id.into_sql::<BigInt>(),
@@ -411,7 +411,7 @@ pub fn complete_step(
     .get_result(conn)?)
 }
 
-/// Records a claimed step's failure (`fail_step`): moves it to `error` with
+/// Records a claimed step's failure (`tasker_fail_step`): moves it to `error` with
 /// `{"error": error, "error_message": text}` as metadata: `error_message` is
 /// what the Rails engine reads, `error` itself when it is a JSON string, its
 /// `"message"` when it is an object with one, else its JSON text.
@@ -433,7 +433,7 @@ pub fn fail_step(
         .map(|delay| arguments::seconds("retry_after", delay, 0))
         .transpose()?;
     Ok(FunctionCall::new(
-        "fail_step",
+        "tasker_fail_step",
         (
             claim.workflow_step_id.into_sql::<BigInt>(),
             claim.claim_id.into_sql::<BigInt>(),
@@ -454,7 +454,7 @@ pub fn extend_step_claim(
     lease: Duration,
 ) -> Result<NaiveDateTime> {
     let lease_seconds = arguments::seconds("lease", lease, 1)?;
-    Ok(diesel::select(functions::extend_step_claim(
+    Ok(diesel::select(functions::tasker_extend_step_claim(
         claim.workflow_step_id,
         claim.claim_id,
         lease_seconds,
@@ -463,13 +463,13 @@ pub fn extend_step_claim(
 }
 
 /// Moves steps whose claim has expired to `error`, as failed attempts, so
-/// they are retried under the usual rules (`release_expired_claims`); at
+/// they are retried under the usual rules (`tasker_release_expired_claims`); at
 /// most `max_steps` when given. Returns the released step ids.
 pub fn release_expired_claims(conn: &mut PgConnection, max_steps: Option<u32>) -> Result<Vec<i64>> {
     let max_steps = max_steps
         .map(|max| arguments::count("max_steps", max, 0))
         .transpose()?;
-    Ok(diesel::select(functions::release_expired_claims(max_steps)).load(conn)?)
+    Ok(diesel::select(functions::tasker_release_expired_claims(max_steps)).load(conn)?)
 }
 
 /// What a worker reports for a step it claimed.
@@ -556,7 +556,7 @@ pub struct ReportedStep {
 }
 
 /// Reports many results in one round trip and one transaction
-/// (`report_steps`), one [`ReportedStep`] per report in the same order.
+/// (`tasker_report_steps`), one [`ReportedStep`] per report in the same order.
 ///
 /// Each result is checked against its own claim: a refused one (claim lost,
 /// expired, ...) is reported as refused and writes nothing, and the others
@@ -577,7 +577,7 @@ pub fn report_steps(
         return Ok(Vec::new());
     }
     let rows: Vec<ReportRow> = FunctionCall::new(
-        "report_steps",
+        "tasker_report_steps",
         (
             binds.step_ids.into_sql::<Array<BigInt>>(),
             binds.claim_ids.into_sql::<Array<BigInt>>(),
@@ -634,7 +634,7 @@ pub fn release_steps(
 }
 
 /// A worker's loop in one round trip and one transaction
-/// (`report_and_claim`): reports `reports` as [`report_steps`] does, then
+/// (`tasker_report_and_claim`): reports `reports` as [`report_steps`] does, then
 /// claims as [`claim_ready_steps`] does (children the reports made ready
 /// included). Returns the reports' outcomes, in order, and the claimed steps.
 /// Claims nothing when `request.max_steps` is 0, which makes it a batch of
@@ -648,7 +648,7 @@ pub fn report_and_claim(
     let binds = ReportBinds::new(reports)?;
     let claim = request.binds(0)?;
     let rows: Vec<ReportOrClaimRow> = FunctionCall::new(
-        "report_and_claim",
+        "tasker_report_and_claim",
         (
             binds.step_ids.into_sql::<Array<BigInt>>(),
             binds.claim_ids.into_sql::<Array<BigInt>>(),

@@ -80,7 +80,7 @@ const INSERT_EDGES_SQL: &str = "\
 /// Moves each step of `$1`, in id order, to `resolved_manually` with metadata
 /// `$2`, through the one definition of a step transition.
 const BYPASS_STEPS_SQL: &str = "\
-    SELECT count(transition_workflow_step(b.workflow_step_id, 'resolved_manually', $2)) \
+    SELECT count(tasker_transition_workflow_step(b.workflow_step_id, 'resolved_manually', $2)) \
     FROM (SELECT id FROM unnest($1::bigint[]) AS id ORDER BY id) AS b (workflow_step_id)";
 
 /// A request for one task of a template: the template plus what is specific

@@ -12,7 +12,7 @@ use crate::functions;
 use crate::models::TaskTransition;
 use crate::{arguments, Result};
 
-/// Cancels a task and its pending and in-progress steps (`cancel_task`); a
+/// Cancels a task and its pending and in-progress steps (`tasker_cancel_task`); a
 /// worker's claim on a cancelled step is lost. Steps in `error` stay there
 /// (the step state machine has no `error -> cancelled`).
 ///
@@ -31,7 +31,7 @@ pub fn cancel_task(
 ) -> Result<TaskTransition> {
     arguments::metadata("metadata", metadata)?;
     Ok(FunctionCall::new(
-        "cancel_task",
+        "tasker_cancel_task",
         (
             task_id.into_sql::<BigInt>(),
             metadata.into_sql::<Nullable<Jsonb>>(),
@@ -40,7 +40,7 @@ pub fn cancel_task(
     .get_result(conn)?)
 }
 
-/// Finalizes a task (`finalize_task`): `Complete` when every step is done
+/// Finalizes a task (`tasker_finalize_task`): `Complete` when every step is done
 /// (`all_complete`; also for a task in `Error` whose failed steps were since
 /// resolved), `Error` when a step failed for good and nothing else can run
 /// (`blocked_by_failures`). Idempotent. A task already `Cancelled` or
@@ -53,7 +53,7 @@ pub fn finalize_task(
     metadata: Option<&Value>,
 ) -> Result<TaskState> {
     arguments::metadata("metadata", metadata)?;
-    Ok(diesel::select(functions::finalize_task(task_id, metadata)).get_result(conn)?)
+    Ok(diesel::select(functions::tasker_finalize_task(task_id, metadata)).get_result(conn)?)
 }
 
 /// A task [`finalize_settled_tasks`] finalized.

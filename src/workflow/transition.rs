@@ -1,5 +1,5 @@
 //! Moving a step or a task to a new state: one call of the SQL functions
-//! `transition_workflow_step` / `transition_task`, which lock the entity,
+//! `tasker_transition_workflow_step` / `tasker_transition_task`, which lock the entity,
 //! check the state machine and write the transition and the flags together.
 
 use diesel::sql_types::{BigInt, Jsonb, Nullable};
@@ -50,7 +50,7 @@ impl<'a, S> TransitionOptions<'a, S> {
     }
 }
 
-/// Moves a step to `to` (`transition_workflow_step`) and returns the new
+/// Moves a step to `to` (`tasker_transition_workflow_step`) and returns the new
 /// transition. Refused, with nothing written, when the step does not exist,
 /// is not in the expected state, or the state machine forbids the move, and
 /// with [`crate::Refusal::InvalidArgument`] for metadata PostgreSQL cannot
@@ -63,7 +63,7 @@ pub fn transition_workflow_step(
 ) -> Result<WorkflowStepTransition> {
     arguments::metadata("metadata", options.metadata)?;
     Ok(FunctionCall::new(
-        "transition_workflow_step",
+        "tasker_transition_workflow_step",
         (
             workflow_step_id.into_sql::<BigInt>(),
             to.into_sql::<TaskerStepState>(),
@@ -74,7 +74,7 @@ pub fn transition_workflow_step(
     .get_result(conn)?)
 }
 
-/// Moves a task to `to` (`transition_task`) and returns the new transition;
+/// Moves a task to `to` (`tasker_transition_task`) and returns the new transition;
 /// `tasker_tasks.complete` follows whether the new state is `Complete`.
 /// Refused like [`transition_workflow_step`].
 pub fn transition_task(
@@ -85,7 +85,7 @@ pub fn transition_task(
 ) -> Result<TaskTransition> {
     arguments::metadata("metadata", options.metadata)?;
     Ok(FunctionCall::new(
-        "transition_task",
+        "tasker_transition_task",
         (
             task_id.into_sql::<BigInt>(),
             to.into_sql::<TaskerTaskState>(),

@@ -509,3 +509,45 @@ fn text_typed_binds_write_the_state_columns_and_skipped_is_a_comparable_label() 
         .unwrap()
         .is_empty());
 }
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+/// The crate's own functions are all `tasker_*`; the others are those the
+/// Rails engine calls by its names.
+#[test]
+fn every_function_is_prefixed_or_one_the_rails_engine_calls() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let rails_names = [
+        "calculate_dependency_levels",
+        "get_analytics_metrics_v01",
+        "get_slowest_steps_v01",
+        "get_slowest_tasks_v01",
+        "get_step_readiness_status",
+        "get_step_readiness_status_batch",
+        "get_system_health_counts_v01",
+        "get_task_execution_context",
+        "get_task_execution_contexts_batch",
+    ];
+    let names: Vec<String> = diesel::sql_query(
+        "SELECT DISTINCT proname::text AS name FROM pg_proc \
+         WHERE pronamespace = 'public'::regnamespace ORDER BY 1",
+    )
+    .load::<Name>(&mut conn)
+    .unwrap()
+    .into_iter()
+    .map(|row| row.name)
+    .collect();
+    let stray: Vec<&String> = names
+        .iter()
+        .filter(|name| !name.starts_with("tasker_") && !rails_names.contains(&name.as_str()))
+        .collect();
+    assert!(stray.is_empty(), "unprefixed functions: {stray:?}");
+    for name in rails_names {
+        assert!(names.iter().any(|n| n == name), "{name} is missing");
+    }
+}

@@ -85,8 +85,8 @@ pub(crate) fn ids(argument: &str, length: usize) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Text PostgreSQL can store: without NUL. `Err` names where the first NUL
-/// is, for a message.
+/// Why PostgreSQL cannot store the text (a NUL character), naming where the first NUL
+/// is, for a message; `None` when it can.
 pub(crate) fn text_problem(value: &str) -> Option<String> {
     value.find('\0').map(|at| {
         format!("contains a NUL character (at byte {at}), which PostgreSQL text cannot hold")

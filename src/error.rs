@@ -280,6 +280,12 @@ pub enum IntegrityRule {
     /// A second task with the same identity hash.
     #[error("a task's identity hash is unique")]
     DuplicateIdentityHash,
+    /// Step transition metadata that is not a JSON object.
+    #[error("a step transition's metadata is a JSON object")]
+    StepTransitionMetadataNotObject,
+    /// Task transition metadata that is not a JSON object.
+    #[error("a task transition's metadata is a JSON object")]
+    TaskTransitionMetadataNotObject,
 }
 
 /// Each rule with the constraint (or unique index) that enforces it and the
@@ -339,6 +345,16 @@ const CONSTRAINTS: &[(&str, IntegrityRule, RuleKind)] = &[
         "tasker_tasks_identity_hash_key",
         IntegrityRule::DuplicateIdentityHash,
         RuleKind::Unique,
+    ),
+    (
+        "tasker_workflow_step_transitions_metadata_object_check",
+        IntegrityRule::StepTransitionMetadataNotObject,
+        RuleKind::Check,
+    ),
+    (
+        "tasker_task_transitions_metadata_object_check",
+        IntegrityRule::TaskTransitionMetadataNotObject,
+        RuleKind::Check,
     ),
 ];
 

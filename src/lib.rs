@@ -5,6 +5,7 @@ mod call;
 pub mod enums;
 pub mod error;
 pub mod functions;
+mod jsonb;
 pub mod migrations;
 pub mod models;
 pub mod pool;

@@ -551,3 +551,41 @@ fn every_function_is_prefixed_or_one_the_rails_engine_calls() {
         assert!(names.iter().any(|n| n == name), "{name} is missing");
     }
 }
+
+/// Whoever writes a transition, its metadata is a JSON object, which the
+/// Rails engine reads as a Hash.
+#[test]
+fn transition_metadata_that_is_not_an_object_breaks_an_integrity_rule() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let task = create(&mut conn, 1);
+    let step = task.step("a").unwrap().workflow_step_id;
+    for (sql, rule) in [
+        (
+            format!(
+                "INSERT INTO tasker_workflow_step_transitions
+                     (workflow_step_id, to_state, sort_key, most_recent, metadata)
+                 VALUES ({step}, 'in_progress', 1, true, '\"a string\"')"
+            ),
+            tasker_diesel::IntegrityRule::StepTransitionMetadataNotObject,
+        ),
+        (
+            format!(
+                "INSERT INTO tasker_task_transitions
+                     (task_id, to_state, sort_key, most_recent, metadata)
+                 VALUES ({}, 'in_progress', 1, true, '[1, 2]')",
+                task.task.task_id
+            ),
+            tasker_diesel::IntegrityRule::TaskTransitionMetadataNotObject,
+        ),
+    ] {
+        let error = diesel::sql_query(sql)
+            .execute(&mut conn)
+            .map_err(tasker_diesel::Error::from)
+            .unwrap_err();
+        assert!(
+            matches!(&error, tasker_diesel::Error::Integrity { rule: broken, .. } if *broken == rule),
+            "{error:?}"
+        );
+    }
+}

@@ -692,3 +692,52 @@ fn a_worker_configuration_that_every_claim_would_refuse_is_refused_at_build() {
     let message = refused(Worker::builder(pool(&db, 6), never));
     assert!(message.contains("limit"), "{message}");
 }
+
+/// One task whose context `serde_json` cannot decode (written by another
+/// writer) fails its own step, not the others of the batch.
+#[test]
+fn an_undecodable_task_context_fails_its_step_only() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    let template =
+        TaskTemplate::new("worker_test", "contexts", "1").step(StepTemplate::new("read"));
+    let tasks = create(&mut conn, &[template], 4);
+    diesel::sql_query(
+        "UPDATE tasker_tasks SET context = '{\"amount\": 1e400}'::jsonb WHERE task_id = $1",
+    )
+    .bind::<BigInt, _>(tasks[0])
+    .execute(&mut conn)
+    .expect("poison");
+    let handlers = Handlers::new().on("read", |step| {
+        Ok(json!({ "context": step.task_context()?.cloned() }))
+    });
+    let worker = Worker::builder(pool(&db, 5), handlers)
+        .threads(1)
+        .batch(10)
+        .build()
+        .expect("worker")
+        .start();
+    let started = Instant::now();
+    while worker.stats().completed < 3 && started.elapsed() < Duration::from_secs(30) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let summary = worker.shutdown(Duration::from_secs(5));
+    assert_eq!(summary.stats.completed, 3, "{summary:?}");
+    let failed: Vec<Option<serde_json::Value>> =
+        tasker_diesel::schema::tasker_workflow_step_transitions::table
+            .inner_join(steps::table)
+            .filter(steps::task_id.eq(tasks[0]))
+            .filter(
+                tasker_diesel::schema::tasker_workflow_step_transitions::to_state
+                    .eq(StepState::Error),
+            )
+            .select(tasker_diesel::schema::tasker_workflow_step_transitions::metadata)
+            .load(&mut conn)
+            .expect("failures");
+    assert!(!failed.is_empty());
+    let message = failed[0].as_ref().unwrap()["error_message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("cannot be decoded"), "{message}");
+}

@@ -275,7 +275,10 @@ CREATE TABLE tasker_workflow_step_transitions (
     -- Also the index for "history of a step, in order".
     CONSTRAINT tasker_workflow_step_transitions_step_sort_key_key UNIQUE (workflow_step_id, sort_key),
     CONSTRAINT tasker_workflow_step_transitions_not_skipped_check
-        CHECK (to_state <> 'skipped' AND from_state IS DISTINCT FROM 'skipped')
+        CHECK (to_state <> 'skipped' AND from_state IS DISTINCT FROM 'skipped'),
+    -- The Rails engine reads a transition's metadata as a Hash.
+    CONSTRAINT tasker_workflow_step_transitions_metadata_object_check
+        CHECK (metadata IS NULL OR jsonb_typeof(metadata) = 'object')
 );
 COMMENT ON TABLE tasker_workflow_step_transitions IS
     'State history of workflow steps. The row with most_recent = true holds the step''s current state.';
@@ -305,7 +308,10 @@ CREATE TABLE tasker_task_transitions (
     task_id BIGINT NOT NULL REFERENCES tasker_tasks (task_id) ON DELETE CASCADE,
     created_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
     updated_at TIMESTAMP NOT NULL DEFAULT (now() AT TIME ZONE 'UTC'),
-    CONSTRAINT tasker_task_transitions_task_sort_key_key UNIQUE (task_id, sort_key)
+    CONSTRAINT tasker_task_transitions_task_sort_key_key UNIQUE (task_id, sort_key),
+    -- The Rails engine reads a transition's metadata as a Hash.
+    CONSTRAINT tasker_task_transitions_metadata_object_check
+        CHECK (metadata IS NULL OR jsonb_typeof(metadata) = 'object')
 );
 COMMENT ON TABLE tasker_task_transitions IS
     'State history of tasks. The row with most_recent = true holds the task''s current state.';

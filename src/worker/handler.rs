@@ -127,9 +127,25 @@ impl StepContext<'_> {
         self.batch.of(&mut conn, self.step.workflow_step_id)
     }
 
-    /// The task's context: the input its steps work on.
+    /// The task's context: the input its steps work on. An error when it
+    /// holds JSON `serde_json` cannot decode (written by another writer):
+    /// the other steps of the batch are not affected.
     pub fn task_context(&self) -> Result<Option<&Value>> {
-        Ok(self.loaded()?.task_context.as_ref())
+        match &self.loaded()?.task_context {
+            Ok(context) => Ok(context.as_ref()),
+            Err(why) => Err(self.undecodable("task context", why)),
+        }
+    }
+
+    /// The error for stored JSON of the step that cannot be decoded.
+    fn undecodable(&self, what: &str, why: &str) -> crate::Error {
+        crate::Error::Query(diesel::result::Error::DeserializationError(
+            format!(
+                "the {what} of workflow step {} cannot be decoded: {why}",
+                self.step.workflow_step_id
+            )
+            .into(),
+        ))
     }
 
     /// The task's namespace, name and version.
@@ -141,7 +157,10 @@ impl StepContext<'_> {
     /// The results of the step's parents, by parent step name (`null` for a
     /// parent that completed without results, or was resolved by hand).
     pub fn parent_results(&self) -> Result<&Map<String, Value>> {
-        Ok(&self.loaded()?.parent_results)
+        match &self.loaded()?.parent_results {
+            Ok(results) => Ok(results),
+            Err(why) => Err(self.undecodable("parent results", why)),
+        }
     }
 
     /// The results of the parent step named `name`.

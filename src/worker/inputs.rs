@@ -10,16 +10,19 @@ use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde_json::{Map, Value};
 
 use crate::call::FunctionCall;
+use crate::jsonb::JsonbText;
 use crate::{Refusal, Result};
 
 /// What a handler may read about its step beyond the claim.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) struct StepInputs {
     pub namespace: String,
     pub task_name: String,
     pub task_version: String,
-    pub task_context: Option<Value>,
-    pub parent_results: Map<String, Value>,
+    /// `Err`: why the context cannot be decoded (it holds JSON `serde_json`
+    /// refuses), for this step's handler alone.
+    pub task_context: std::result::Result<Option<Value>, String>,
+    pub parent_results: std::result::Result<Map<String, Value>, String>,
 }
 
 /// The inputs of a batch of claimed steps, loaded at most once.
@@ -64,9 +67,9 @@ struct InputsRow {
     #[diesel(sql_type = Text)]
     task_version: String,
     #[diesel(sql_type = Nullable<Jsonb>)]
-    task_context: Option<Value>,
+    task_context: Option<JsonbText>,
     #[diesel(sql_type = Jsonb)]
-    parent_results: Value,
+    parent_results: JsonbText,
 }
 
 fn load(conn: &mut PgConnection, step_ids: &[i64]) -> Result<HashMap<i64, StepInputs>> {
@@ -78,17 +81,20 @@ fn load(conn: &mut PgConnection, step_ids: &[i64]) -> Result<HashMap<i64, StepIn
     Ok(rows
         .into_iter()
         .map(|row| {
-            let parent_results = match row.parent_results {
+            // Decoded per step: one task's undecodable context must not cost the
+            // other steps of the batch theirs.
+            let task_context = row.task_context.as_ref().map(JsonbText::decode).transpose();
+            let parent_results = row.parent_results.decode().map(|results| match results {
                 Value::Object(map) => map,
                 _ => Map::new(),
-            };
+            });
             (
                 row.workflow_step_id,
                 StepInputs {
                     namespace: row.namespace,
                     task_name: row.task_name,
                     task_version: row.task_version,
-                    task_context: row.task_context,
+                    task_context,
                     parent_results,
                 },
             )

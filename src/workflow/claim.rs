@@ -6,10 +6,8 @@ use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
-use diesel::deserialize::{self, FromSql, FromSqlRow};
 use diesel::pg::sql_types::Record;
 use diesel::pg::Pg;
-use diesel::pg::PgValue;
 use diesel::sql_types::{Array, BigInt, Bool, Integer, Jsonb, Nullable, Text, Timestamp};
 use diesel::{IntoSql, PgConnection, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
@@ -18,6 +16,7 @@ use serde_json::{json, Value};
 use crate::call::FunctionCall;
 use crate::enums::StepState;
 use crate::functions;
+use crate::jsonb::JsonbText;
 use crate::models::WorkflowStepTransition;
 use crate::schema::sql_types::TaskerStepState;
 use crate::{arguments, Error, Refusal, Result};
@@ -293,36 +292,18 @@ struct ClaimRow {
     inputs: Option<JsonbText>,
 }
 
-/// A jsonb value as PostgreSQL sent it, for the caller to decode: a value
-/// `serde_json` refuses must not fail the whole result set.
-#[derive(Debug, FromSqlRow)]
-struct JsonbText(Vec<u8>);
-
-impl FromSql<Jsonb, Pg> for JsonbText {
-    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
-        // jsonb's binary form: a version byte (1), then the text.
-        match value.as_bytes().split_first() {
-            Some((1, text)) => Ok(JsonbText(text.to_vec())),
-            _ => Err("jsonb in a binary format other than version 1".into()),
-        }
-    }
-}
-
 impl ClaimRow {
     /// The claimed step, or its claim and why its inputs cannot be decoded.
     fn decode(self) -> std::result::Result<ClaimedStep, (Claim, String)> {
-        let inputs = match self
-            .inputs
-            .map(|raw| serde_json::from_slice::<Value>(&raw.0))
-        {
+        let inputs = match self.inputs.as_ref().map(JsonbText::decode) {
             None => None,
             Some(Ok(inputs)) => Some(inputs),
-            Some(Err(error)) => {
+            Some(Err(why)) => {
                 let claim = Claim {
                     workflow_step_id: self.workflow_step_id,
                     claim_id: self.claim_id,
                 };
-                return Err((claim, error.to_string()));
+                return Err((claim, why));
             }
         };
         Ok(ClaimedStep {

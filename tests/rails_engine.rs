@@ -589,3 +589,260 @@ fn transition_metadata_that_is_not_an_object_breaks_an_integrity_rule() {
         );
     }
 }
+
+/// Runs `sql` as the simple protocol does (values untyped, as the `pg` gem
+/// sends them).
+fn rails(conn: &mut PgConnection, sql: &str) {
+    conn.batch_execute(sql)
+        .unwrap_or_else(|error| panic!("{error}: {sql}"));
+}
+
+fn id_of(conn: &mut PgConnection, sql: &str) -> i64 {
+    diesel::dsl::sql::<BigInt>(sql).get_result(conn).unwrap()
+}
+
+/// A Statesman transition of a step, as the engine writes it: the current one
+/// loses most_recent, the new one takes the next sort_key (steps of 10), in
+/// one transaction, with the step's flags as the engine sets them.
+fn statesman_step(conn: &mut PgConnection, step: i64, to: &str, flags: &str) {
+    rails(
+        conn,
+        &format!(
+            "BEGIN;
+             UPDATE tasker_workflow_step_transitions SET most_recent = false, updated_at = now()
+              WHERE workflow_step_id = {step} AND most_recent = true;
+             INSERT INTO tasker_workflow_step_transitions
+                 (to_state, metadata, sort_key, most_recent, workflow_step_id, created_at, updated_at)
+             VALUES ('{to}', '{{}}',
+                     (SELECT coalesce(max(sort_key), 0) + 10 FROM tasker_workflow_step_transitions
+                       WHERE workflow_step_id = {step}),
+                     true, {step}, now() AT TIME ZONE 'UTC', now() AT TIME ZONE 'UTC');
+             {flags}
+             COMMIT;"
+        ),
+    );
+}
+
+fn statesman_task(conn: &mut PgConnection, task: i64, to: &str) {
+    rails(
+        conn,
+        &format!(
+            "BEGIN;
+             UPDATE tasker_task_transitions SET most_recent = false WHERE task_id = {task} AND most_recent;
+             INSERT INTO tasker_task_transitions (to_state, metadata, sort_key, most_recent, task_id)
+             VALUES ('{to}', '{{}}',
+                     (SELECT coalesce(max(sort_key), 0) + 10 FROM tasker_task_transitions
+                       WHERE task_id = {task}),
+                     true, {task});
+             COMMIT;"
+        ),
+    );
+}
+
+/// After each phase of the engine's writes: nothing has drifted, and the
+/// maintained readiness is the readiness recomputed from the history.
+fn assert_exact(conn: &mut PgConnection, task: i64, phase: &str) {
+    assert_eq!(
+        tasker_diesel::readiness::readiness_drift(conn, None).unwrap(),
+        [],
+        "{phase}: drift"
+    );
+    let (kept, recomputed) = conn
+        .transaction::<_, tasker_diesel::Error, _>(|conn| {
+            let kept = tasker_diesel::StepReadinessStatus::for_task(task).load(conn)?;
+            let ids: Vec<i64> = kept.iter().map(|row| row.workflow_step_id).collect();
+            let recomputed = tasker_diesel::StepReadinessStatus::from_history(&ids).load(conn)?;
+            Ok((kept, recomputed))
+        })
+        .unwrap();
+    assert_eq!(kept, recomputed, "{phase}: maintained readiness");
+}
+
+fn ready_steps(conn: &mut PgConnection, task: i64) -> Vec<i64> {
+    tasker_diesel::StepReadinessStatus::for_task(task)
+        .ready_for_execution()
+        .load(conn)
+        .unwrap()
+        .iter()
+        .map(|row| row.workflow_step_id)
+        .collect()
+}
+
+/// The engine's own write patterns on a database the crate created: catalog
+/// find-or-create, a task with steps and edges, Statesman transitions,
+/// a retry, a manual resolution and a cancel.
+#[test]
+fn the_engines_writes_keep_the_maintained_readiness_exact() {
+    let db = TestDatabase::new();
+    let mut conn = db.connection();
+    // Catalog: find, else create (the engine's find_or_create_by).
+    let namespace = id_of(
+        &mut conn,
+        "WITH found AS (SELECT task_namespace_id FROM tasker_task_namespaces WHERE name = 'ops'),
+              made AS (INSERT INTO tasker_task_namespaces (name, created_at, updated_at)
+                       SELECT 'ops', now(), now() WHERE NOT EXISTS (SELECT FROM found)
+                       RETURNING task_namespace_id)
+         SELECT task_namespace_id::bigint FROM found UNION ALL SELECT task_namespace_id FROM made",
+    );
+    let system = id_of(
+        &mut conn,
+        "INSERT INTO tasker_dependent_systems (name) VALUES ('api') RETURNING dependent_system_id::bigint",
+    );
+    let named_task = id_of(
+        &mut conn,
+        &format!(
+            "INSERT INTO tasker_named_tasks (task_namespace_id, name, version)
+             VALUES ({namespace}, 'nightly', '0.1.0') RETURNING named_task_id::bigint"
+        ),
+    );
+    let mut named_steps = Vec::new();
+    for name in ["fetch", "transform", "load"] {
+        let step = id_of(
+            &mut conn,
+            &format!(
+                "INSERT INTO tasker_named_steps (dependent_system_id, name)
+                 VALUES ({system}, '{name}') RETURNING named_step_id::bigint"
+            ),
+        );
+        rails(
+            &mut conn,
+            &format!(
+                "INSERT INTO tasker_named_tasks_named_steps (named_task_id, named_step_id)
+                 VALUES ({named_task}, {step})"
+            ),
+        );
+        named_steps.push(step);
+    }
+
+    // Two tasks, each fetch and transform before load.
+    let mut tasks = Vec::new();
+    for n in 0..2 {
+        let task = id_of(
+            &mut conn,
+            &format!(
+                "INSERT INTO tasker_tasks (named_task_id, requested_at, initiator, context,
+                                           identity_hash, complete, created_at, updated_at)
+                 VALUES ({named_task}, now(), 'rails', '{{\"run\": {n}}}', 'rails-{n}', false,
+                         now(), now())
+                 RETURNING task_id"
+            ),
+        );
+        let mut steps = Vec::new();
+        for &named_step in &named_steps {
+            steps.push(id_of(
+                &mut conn,
+                &format!(
+                    "INSERT INTO tasker_workflow_steps
+                         (task_id, named_step_id, retryable, retry_limit, in_process, processed,
+                          attempts, inputs, created_at, updated_at)
+                     VALUES ({task}, {named_step}, true, 3, false, false, 0, '{{}}', now(), now())
+                     RETURNING workflow_step_id"
+                ),
+            ));
+        }
+        for parent in &steps[..2] {
+            rails(
+                &mut conn,
+                &format!(
+                    "INSERT INTO tasker_workflow_step_edges (from_step_id, to_step_id, name)
+                     VALUES ({parent}, {}, 'provides')",
+                    steps[2]
+                ),
+            );
+        }
+        assert_exact(&mut conn, task, "created");
+        tasks.push((task, steps));
+    }
+    let (task, steps) = tasks[0].clone();
+    let [fetch, transform, load] = steps[..] else {
+        unreachable!()
+    };
+    assert_eq!(ready_steps(&mut conn, task), [fetch, transform]);
+
+    // Runs: fetch completes, transform fails once and is retried.
+    statesman_task(&mut conn, task, "in_progress");
+    let start = |step: i64| {
+        format!(
+            "UPDATE tasker_workflow_steps SET in_process = true, attempts = attempts + 1,
+                    last_attempted_at = now() AT TIME ZONE 'UTC' WHERE workflow_step_id = {step};"
+        )
+    };
+    let finish = |step: i64| {
+        format!(
+            "UPDATE tasker_workflow_steps SET in_process = false, processed = true,
+                    processed_at = now() AT TIME ZONE 'UTC', results = '{{\"ok\": true}}'
+              WHERE workflow_step_id = {step};"
+        )
+    };
+    statesman_step(&mut conn, fetch, "in_progress", &start(fetch));
+    statesman_step(&mut conn, fetch, "complete", &finish(fetch));
+    statesman_step(&mut conn, transform, "in_progress", &start(transform));
+    statesman_step(
+        &mut conn,
+        transform,
+        "error",
+        &format!(
+            "UPDATE tasker_workflow_steps SET in_process = false WHERE workflow_step_id = {transform};"
+        ),
+    );
+    assert_exact(&mut conn, task, "after a failure");
+    assert!(
+        ready_steps(&mut conn, task).is_empty(),
+        "transform is in its backoff"
+    );
+    // The retry, once the backoff has passed.
+    rails(
+        &mut conn,
+        &format!(
+            "UPDATE tasker_workflow_step_transitions SET created_at = created_at - interval '1 hour'
+              WHERE workflow_step_id = {transform} AND most_recent;
+             UPDATE tasker_workflow_steps SET last_attempted_at = last_attempted_at - interval '1 hour'
+              WHERE workflow_step_id = {transform};"
+        ),
+    );
+    assert_exact(&mut conn, task, "backoff passed");
+    assert_eq!(ready_steps(&mut conn, task), [transform]);
+    statesman_step(&mut conn, transform, "pending", "");
+    statesman_step(&mut conn, transform, "in_progress", &start(transform));
+    statesman_step(&mut conn, transform, "complete", &finish(transform));
+    assert_exact(&mut conn, task, "retried");
+    assert_eq!(ready_steps(&mut conn, task), [load]);
+
+    // An operator resolves load by hand after it fails for good.
+    statesman_step(&mut conn, load, "in_progress", &start(load));
+    statesman_step(
+        &mut conn,
+        load,
+        "error",
+        &format!(
+            "UPDATE tasker_workflow_steps SET in_process = false, retryable = false
+              WHERE workflow_step_id = {load};"
+        ),
+    );
+    assert_exact(&mut conn, task, "failed for good");
+    statesman_step(&mut conn, load, "resolved_manually", &finish(load));
+    assert_exact(&mut conn, task, "resolved");
+    assert_eq!(
+        tasker_diesel::workflow::finalize_task(&mut conn, task, None).unwrap(),
+        tasker_diesel::TaskState::Complete
+    );
+
+    // The other task is cancelled, its steps with it.
+    let (other, other_steps) = tasks[1].clone();
+    statesman_task(&mut conn, other, "cancelled");
+    for step in other_steps {
+        statesman_step(&mut conn, step, "cancelled", "");
+    }
+    assert_exact(&mut conn, other, "cancelled");
+    let context = tasker_diesel::TaskExecutionContext::find(&mut conn, other)
+        .unwrap()
+        .unwrap();
+    assert_eq!(context.cancelled_steps(), 3);
+    assert_eq!(context.next_action(), None);
+
+    // And what the engine reads runs on it.
+    let health: HealthV01 = diesel::sql_query("SELECT * FROM get_system_health_counts_v01()")
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!((health.total_tasks, health.total_steps), (2, 6));
+}

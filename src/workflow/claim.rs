@@ -187,30 +187,22 @@ struct ClaimBinds<'a> {
     step_filter: Option<Value>,
 }
 
-/// A step claimed for one worker: a row of `claim_ready_steps`.
-#[derive(Debug, Clone, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
-#[diesel(check_for_backend(Pg))]
+/// A step claimed for one worker, from a row of `tasker_claim_ready_steps`
+/// (whose inputs are decoded row by row, see [`claim_ready_steps`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimedStep {
-    #[diesel(sql_type = BigInt)]
     pub workflow_step_id: i64,
-    #[diesel(sql_type = BigInt)]
     pub task_id: i64,
-    #[diesel(sql_type = Integer)]
     pub named_step_id: i32,
     /// The step's name (its step template's): what the worker should run.
-    #[diesel(sql_type = Text)]
     pub name: String,
     /// Which execution of the step this is, counting from 1.
-    #[diesel(sql_type = Integer)]
     pub attempt: i32,
     /// Identifies the claim: the id of the step's `in_progress` transition.
-    #[diesel(sql_type = BigInt)]
     pub claim_id: i64,
     /// The claim holds until then (UTC) unless extended.
-    #[diesel(sql_type = Timestamp)]
     pub claimed_until: NaiveDateTime,
     /// The step's `inputs`.
-    #[diesel(sql_type = Nullable<Jsonb>)]
     pub inputs: Option<Value>,
 }
 

@@ -22,6 +22,14 @@ pub enum Error {
     /// Applying or reverting the embedded migrations failed.
     #[error("migrations failed: {0}")]
     Migration(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A database holding the Rails engine's tables could not be adopted
+    /// ([`crate::adoption`]): its tables are not in the engine's shape, or hold
+    /// rows the crate's constraints refuse. Nothing was changed.
+    #[error("cannot adopt the database: {problem}")]
+    Adoption {
+        /// What was wrong, in PostgreSQL's words where it found it.
+        problem: String,
+    },
     /// The database rejected a write that breaks one of its integrity rules.
     #[error("{rule}: {message}")]
     Integrity {
@@ -165,6 +173,7 @@ impl Error {
             Error::Refused(_) | Error::Integrity { .. } => ErrorKind::Refused,
             Error::Query(error) if is_transient(error) => ErrorKind::Transient,
             Error::Migration(_)
+            | Error::Adoption { .. }
             | Error::InvalidTemplate(_)
             | Error::InvalidRequest { .. }
             | Error::Query(_) => ErrorKind::Fatal,

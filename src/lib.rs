@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod adoption;
 mod arguments;
 mod call;
 pub mod enums;

@@ -22,12 +22,15 @@ const MIGRATION_LOCK_KEY: i64 = 0x7461_736b_6572;
 /// Safe to call from several processes at once: they take turns on a
 /// session-level advisory lock, and the later ones find nothing to do.
 pub fn run_pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
-    with_migration_lock(conn, |conn| {
-        let applied = conn
-            .run_pending_migrations(MIGRATIONS)
-            .map_err(Error::Migration)?;
-        Ok(applied.iter().map(ToString::to_string).collect())
-    })
+    with_migration_lock(conn, apply_pending_migrations)
+}
+
+/// Applies the pending migrations; the caller holds the migration lock.
+pub(crate) fn apply_pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>> {
+    let applied = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map_err(Error::Migration)?;
+    Ok(applied.iter().map(ToString::to_string).collect())
 }
 
 /// Reverts every applied migration, newest first, and returns their versions.
@@ -46,7 +49,8 @@ pub fn schema_version(conn: &mut PgConnection) -> Result<Option<String>> {
     Ok(applied.iter().max().map(ToString::to_string))
 }
 
-fn with_migration_lock<T>(
+/// Runs `body` holding the migration lock (see [`run_pending_migrations`]).
+pub(crate) fn with_migration_lock<T>(
     conn: &mut PgConnection,
     body: impl FnOnce(&mut PgConnection) -> Result<T>,
 ) -> Result<T> {

@@ -77,17 +77,22 @@ AS $$
        AND NOT processed
        AND NOT in_process
        AND completed_parents = total_parents
+       -- Below 0: parents not counted yet (a step the backfill has not reached).
+       AND total_parents >= 0
        AND tasker_step_retry_eligible(attempts, retry_limit, retryable)
 $$;
 COMMENT ON FUNCTION tasker_step_runnable(tasker_step_state, boolean, boolean, integer, integer, integer, integer, boolean) IS
-    'Rule 7 of readiness without its time gate: pending or error, not processed, not in process, every parent completed, retry eligible. A step is ready when it is runnable and tasker_step_next_retry_at is NULL or past.';
+    'Rule 7 of readiness without its time gate: pending or error, not processed, not in process, every parent completed (and counted: total_parents >= 0), retry eligible. A step is ready when it is runnable and tasker_step_next_retry_at is NULL or past.';
 
 -- Maintained columns ------------------------------------------------------------------
 
 ALTER TABLE tasker_workflow_steps
     ADD COLUMN current_state tasker_step_state NOT NULL DEFAULT 'pending',
     ADD COLUMN last_failure_at timestamp,
-    ADD COLUMN total_parents integer NOT NULL DEFAULT 0,
+    -- -1 on the rows that exist already (a database adopted from the Rails engine): their
+    -- parents are not counted yet, so they are not runnable until the backfill
+    -- (tasker_rebuild_readiness, in batches) reaches their task. New rows start at 0.
+    ADD COLUMN total_parents integer NOT NULL DEFAULT -1,
     ADD COLUMN completed_parents integer NOT NULL DEFAULT 0,
     ADD COLUMN retry_eligible boolean NOT NULL
         GENERATED ALWAYS AS (tasker_step_retry_eligible(attempts, retry_limit, retryable)) STORED,
@@ -98,12 +103,13 @@ ALTER TABLE tasker_workflow_steps
         GENERATED ALWAYS AS (tasker_step_runnable(
             current_state, processed, in_process, total_parents, completed_parents,
             attempts, retry_limit, retryable)) STORED;
+ALTER TABLE tasker_workflow_steps ALTER COLUMN total_parents SET DEFAULT 0;
 COMMENT ON COLUMN tasker_workflow_steps.current_state IS
     'Maintained by trigger: to_state of the step''s most recent transition, else pending.';
 COMMENT ON COLUMN tasker_workflow_steps.last_failure_at IS
     'Maintained by trigger: created_at of the most recent transition when it is to error, else NULL.';
 COMMENT ON COLUMN tasker_workflow_steps.total_parents IS
-    'Maintained by trigger: the number of parent steps (edges to this step).';
+    'Maintained by trigger: the number of parent steps (edges to this step); -1 until the backfill of a step that existed before the maintained readiness counts it.';
 COMMENT ON COLUMN tasker_workflow_steps.completed_parents IS
     'Maintained by trigger: parents whose current_state is complete or resolved_manually.';
 COMMENT ON COLUMN tasker_workflow_steps.retry_eligible IS
@@ -471,6 +477,8 @@ BEGIN
                 GROUP BY n.to_step_id
             ) AS added
             JOIN tasker_workflow_steps AS child ON child.workflow_step_id = added.to_step_id
+                -- A child whose parents are not counted yet waits for its backfill.
+                AND child.total_parents >= 0
             -- OFFSET 0 keeps the count one subquery, evaluated once per child.
             CROSS JOIN LATERAL (SELECT CASE
                 WHEN child.xmin = pg_current_xact_id()::xid AND child.total_parents = added.total
@@ -1990,9 +1998,11 @@ $$;
 COMMENT ON FUNCTION tasker_rebuild_readiness(bigint[]) IS
     'Rebuilds the maintained readiness of the given tasks (NULL: every task) from their transitions and edges: step states, parent counts, then task counts. Locks the steps in id order, then the counts rows. Returns how many values or rows it had to correct (0: there was no drift).';
 
--- Backfill every existing task and step, before the triggers exist (so the rebuild's
--- writes do not also run them), then install the triggers.
-SELECT tasker_rebuild_readiness(NULL);
+-- No backfill here: rows that exist already (only a database adopted from the Rails
+-- engine has any) keep total_parents -1, which is never runnable, and their tasks have
+-- no counts row (so no context) until tasker_rebuild_readiness reaches them, in bounded
+-- batches that leave the tables open to writers (tasker_diesel::adoption). The triggers
+-- below keep every change made meanwhile, and the rebuild recounts what it finds.
 
 -- The crate's write functions (claims, results, transitions) write the maintained state
 -- in the statements that change the history and apply what follows from it

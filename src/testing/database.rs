@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
+use diesel::connection::SimpleConnection;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Text};
 use diesel::{sql_query, Connection, PgConnection, QueryableByName, RunQueryDsl};
@@ -28,6 +29,28 @@ static TEMPLATE_READY: OnceLock<std::result::Result<(), String>> = OnceLock::new
 /// Created on the server chosen by [`server_url`](super::server_url), as a
 /// clone of a template database migrated once, so tests can run in parallel,
 /// each with as many connections as it likes.
+/// The tables, sequences, foreign keys, a sample of the indexes, and the SQL
+/// functions and view (by name and argument types only) of a database that the
+/// Rails Tasker engine's schema created: the starting point of an adoption.
+pub const RAILS_ENGINE_SCHEMA: &str = include_str!("rails_schema.sql");
+
+/// Fills a database that [`TestDatabase::try_rails_engine`] made (or any empty
+/// one in the Rails engine's shape) with `tasks` tasks as the engine writes
+/// them: a diamond of four steps each, with Statesman histories of five kinds
+/// in turn (nothing run; one step complete; a failure to retry and a step
+/// running; every step complete; retries exhausted). See `rails_history.sql`.
+pub fn fill_rails_engine_database(conn: &mut PgConnection, tasks: i64) -> Result<()> {
+    conn.batch_execute(include_str!("rails_history.sql"))?;
+    sql_query("SELECT pg_temp.tasker_fill_rails_engine($1)")
+        .bind::<BigInt, _>(tasks)
+        .execute(conn)?;
+    conn.batch_execute(
+        "DROP FUNCTION pg_temp.tasker_fill_rails_engine(bigint); \
+         DROP FUNCTION pg_temp.tasker_rails_history(bigint, text);",
+    )?;
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct TestDatabase {
     name: String,
@@ -59,6 +82,33 @@ impl TestDatabase {
     /// migrations themselves).
     pub fn try_empty() -> Result<Self> {
         Self::create(server_url(), "template0")
+    }
+
+    /// Creates a database as the Rails Tasker engine's schema leaves it
+    /// ([`RAILS_ENGINE_SCHEMA`]), with no row and none of the crate's
+    /// migrations: what [`crate::adoption`] adopts.
+    pub fn try_rails_engine() -> Result<Self> {
+        let db = Self::try_empty()?;
+        db.connection().batch_execute(RAILS_ENGINE_SCHEMA)?;
+        Ok(db)
+    }
+
+    /// A database the Rails engine created, adopted by the crate
+    /// ([`crate::adoption::adopt_rails_schema`]) and backfilled: a crate
+    /// database that took the adoption path.
+    ///
+    /// # Panics
+    ///
+    /// When the database cannot be created or adopted.
+    pub fn adopted_from_rails() -> Self {
+        let adopt = || -> Result<Self> {
+            let db = Self::try_rails_engine()?;
+            let mut conn = db.connection();
+            crate::adoption::adopt_rails_schema(&mut conn)?;
+            crate::adoption::backfill_readiness(&mut conn, 1000, |_| {})?;
+            Ok(db)
+        };
+        adopt().unwrap_or_else(|error| panic!("cannot adopt a Rails engine database: {error}"))
     }
 
     fn create(server: &str, template: &str) -> Result<Self> {

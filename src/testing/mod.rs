@@ -30,7 +30,9 @@ mod replication;
 mod server;
 
 pub use cluster::LocalCluster;
-pub use database::{url_with_database, TestDatabase};
+pub use database::{
+    fill_rails_engine_database, url_with_database, TestDatabase, RAILS_ENGINE_SCHEMA,
+};
 pub use replication::ReplicatedCluster;
 pub use server::server_url;
 

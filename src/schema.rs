@@ -727,7 +727,7 @@ diesel::table! {
         current_state -> TaskerStepState,
         /// Maintained by trigger: created_at of the most recent transition when it is to error, else NULL.
         last_failure_at -> Nullable<Timestamp>,
-        /// Maintained by trigger: the number of parent steps (edges to this step).
+        /// Maintained by trigger: the number of parent steps (edges to this step); -1 until the backfill of a step that existed before the maintained readiness counts it.
         total_parents -> Int4,
         /// Maintained by trigger: parents whose current_state is complete or resolved_manually.
         completed_parents -> Int4,

@@ -357,3 +357,29 @@ fn on_an_empty_or_crate_database_adoption_is_the_migrations() {
         Err(Error::Refused(_))
     ));
 }
+
+#[test]
+fn a_rebuild_inside_a_transaction_leaves_the_triggers_on_for_what_follows() {
+    // The rebuild skips the steps' trigger while it runs; a write after it in the
+    // same transaction must be maintained again.
+    let rails = TestDatabase::try_rails_engine().unwrap();
+    let mut conn = rails.connection();
+    fill_rails_engine_database(&mut conn, 5).unwrap();
+    adopt_rails_schema(&mut conn).unwrap();
+    conn.transaction::<_, Error, _>(|conn| {
+        tasker_diesel::readiness::rebuild_readiness(conn, None)?;
+        // Task 1 (history 1): b completes, as the engine writes it.
+        conn.batch_execute(
+            "INSERT INTO tasker_workflow_step_transitions
+                 (to_state, metadata, sort_key, most_recent, workflow_step_id, created_at, updated_at)
+             SELECT 'complete', '{}', 10, true, s.workflow_step_id, now(), now()
+             FROM tasker_workflow_steps s JOIN tasker_named_steps n USING (named_step_id)
+             WHERE s.task_id = 1 AND n.name = 'b';
+             UPDATE tasker_workflow_steps SET processed = true, updated_at = now()
+             WHERE task_id = 1 AND named_step_id = (SELECT named_step_id FROM tasker_named_steps WHERE name = 'b');",
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    assert_exact(&mut conn, "after a rebuild and a write in one transaction");
+}

@@ -1,3 +1,6 @@
+//! Each test runs twice: on a database the crate's migrations created and on
+//! one the Rails engine created and the crate adopted (see the macro at the end).
+//!
 //! What the Rails Tasker engine reads from a database this crate created:
 //! the `*_v01` functions of its health and analytics endpoints, the view
 //! `tasker_step_dag_relationships`, and the `error_message` of failures.
@@ -61,9 +64,7 @@ struct Dag {
     min_depth_from_root: Option<i32>,
 }
 
-#[test]
-fn the_dag_view_gives_parents_children_roots_leaves_and_depths() {
-    let db = TestDatabase::new();
+fn the_dag_view_gives_parents_children_roots_leaves_and_depths(db: TestDatabase) {
     let mut conn = db.connection();
     let task = create(&mut conn, 1);
     create(&mut conn, 2);
@@ -117,9 +118,7 @@ struct HealthV01 {
     max_connections: i64,
 }
 
-#[test]
-fn health_counts_v01_agree_with_the_crates_and_count_steps_in_backoff() {
-    let db = TestDatabase::new();
+fn health_counts_v01_agree_with_the_crates_and_count_steps_in_backoff(db: TestDatabase) {
     let mut conn = db.connection();
     let first = create(&mut conn, 1);
     create(&mut conn, 2);
@@ -227,9 +226,7 @@ fn created_seconds_ago(conn: &mut PgConnection, task: &CreatedTask, seconds: i64
     .unwrap();
 }
 
-#[test]
-fn analytics_and_slowest_steps_and_tasks_v01_run_on_the_crates_schema() {
-    let db = TestDatabase::new();
+fn analytics_and_slowest_steps_and_tasks_v01_run_on_the_crates_schema(db: TestDatabase) {
     let mut conn = db.connection();
     let slow = create(&mut conn, 1);
     let fast = create(&mut conn, 2);
@@ -317,9 +314,7 @@ fn analytics_and_slowest_steps_and_tasks_v01_run_on_the_crates_schema() {
     assert_eq!(tasks[0].initiator.as_deref(), Some("rails-test"));
 }
 
-#[test]
-fn failures_record_the_error_message_the_rails_engine_reads() {
-    let db = TestDatabase::new();
+fn failures_record_the_error_message_the_rails_engine_reads(db: TestDatabase) {
     let mut conn = db.connection();
     let cases = [
         (json!("connection reset"), "connection reset"),
@@ -362,9 +357,7 @@ fn columns(conn: &mut PgConnection, row_type: &str) -> Vec<(String, String)> {
     .collect()
 }
 
-#[test]
-fn contexts_have_the_original_designs_thirteen_columns_with_text_states() {
-    let db = TestDatabase::new();
+fn contexts_have_the_original_designs_thirteen_columns_with_text_states(db: TestDatabase) {
     let mut conn = db.connection();
     let expected = [
         ("task_id", "bigint"),
@@ -413,9 +406,7 @@ struct TextState {
     state: tasker_diesel::TaskState,
 }
 
-#[test]
-fn a_text_label_rust_does_not_know_is_an_error_not_a_default() {
-    let db = TestDatabase::new();
+fn a_text_label_rust_does_not_know_is_an_error_not_a_default(db: TestDatabase) {
     let mut conn = db.connection();
     let known: TextState = diesel::sql_query("SELECT 'in_progress'::text AS state")
         .get_result(&mut conn)
@@ -438,9 +429,7 @@ fn count(conn: &mut PgConnection, sql: &str) -> i64 {
 /// PREPARE fixes the parameter types as such a driver would. A comparison
 /// with such a bind casts it; the engine's Task.active scope, which names
 /// 'skipped', runs.
-#[test]
-fn text_typed_binds_write_the_state_columns_and_skipped_is_a_comparable_label() {
-    let db = TestDatabase::new();
+fn text_typed_binds_write_the_state_columns_and_skipped_is_a_comparable_label(db: TestDatabase) {
     let mut conn = db.connection();
     let task = create(&mut conn, 1);
     let a = task.step("a").unwrap().workflow_step_id;
@@ -518,9 +507,7 @@ struct Name {
 
 /// The crate's own functions are all `tasker_*`; the others are those the
 /// Rails engine calls by its names.
-#[test]
-fn every_function_is_prefixed_or_one_the_rails_engine_calls() {
-    let db = TestDatabase::new();
+fn every_function_is_prefixed_or_one_the_rails_engine_calls(db: TestDatabase) {
     let mut conn = db.connection();
     let rails_names = [
         "calculate_dependency_levels",
@@ -554,9 +541,7 @@ fn every_function_is_prefixed_or_one_the_rails_engine_calls() {
 
 /// Whoever writes a transition, its metadata is a JSON object, which the
 /// Rails engine reads as a Hash.
-#[test]
-fn transition_metadata_that_is_not_an_object_breaks_an_integrity_rule() {
-    let db = TestDatabase::new();
+fn transition_metadata_that_is_not_an_object_breaks_an_integrity_rule(db: TestDatabase) {
     let mut conn = db.connection();
     let task = create(&mut conn, 1);
     let step = task.step("a").unwrap().workflow_step_id;
@@ -671,9 +656,7 @@ fn ready_steps(conn: &mut PgConnection, task: i64) -> Vec<i64> {
 /// The engine's own write patterns on a database the crate created: catalog
 /// find-or-create, a task with steps and edges, Statesman transitions,
 /// a retry, a manual resolution and a cancel.
-#[test]
-fn the_engines_writes_keep_the_maintained_readiness_exact() {
-    let db = TestDatabase::new();
+fn the_engines_writes_keep_the_maintained_readiness_exact(db: TestDatabase) {
     let mut conn = db.connection();
     // Catalog: find, else create (the engine's find_or_create_by).
     let namespace = id_of(
@@ -846,3 +829,35 @@ fn the_engines_writes_keep_the_maintained_readiness_exact() {
         .unwrap();
     assert_eq!((health.total_tasks, health.total_steps), (2, 6));
 }
+
+/// Each replay runs on a database the crate's migrations created and on one the
+/// Rails engine created and the crate adopted (`tasker_diesel::adoption`).
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod crate_created {
+            $(#[test]
+            fn $name() {
+                super::$name(tasker_diesel::testing::TestDatabase::new())
+            })*
+        }
+        mod adopted_from_rails {
+            $(#[test]
+            fn $name() {
+                super::$name(tasker_diesel::testing::TestDatabase::adopted_from_rails())
+            })*
+        }
+    };
+}
+
+on_both_databases!(
+    the_dag_view_gives_parents_children_roots_leaves_and_depths,
+    health_counts_v01_agree_with_the_crates_and_count_steps_in_backoff,
+    analytics_and_slowest_steps_and_tasks_v01_run_on_the_crates_schema,
+    failures_record_the_error_message_the_rails_engine_reads,
+    contexts_have_the_original_designs_thirteen_columns_with_text_states,
+    a_text_label_rust_does_not_know_is_an_error_not_a_default,
+    text_typed_binds_write_the_state_columns_and_skipped_is_a_comparable_label,
+    every_function_is_prefixed_or_one_the_rails_engine_calls,
+    transition_metadata_that_is_not_an_object_breaks_an_integrity_rule,
+    the_engines_writes_keep_the_maintained_readiness_exact
+);

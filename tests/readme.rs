@@ -26,7 +26,7 @@ macro_rules! readme_example {
 /// One test per example: a block added to the README fails here until it has one.
 #[test]
 fn every_readme_example_has_a_test() {
-    assert_eq!(env!("TASKER_README_SNIPPETS"), "7");
+    assert_eq!(env!("TASKER_README_SNIPPETS"), "8");
 }
 
 fn order_template() -> TaskTemplate {
@@ -147,6 +147,27 @@ readme_example!(
             in_process_steps(&mut db.connection()),
             1,
             "the ready root step is claimed"
+        );
+    }
+);
+
+readme_example!(
+    adopting,
+    "7",
+    #[test]
+    fn readme_adopting_a_rails_database() {
+        let db = TestDatabase::try_rails_engine().unwrap();
+        tasker_diesel::testing::fill_rails_engine_database(&mut db.connection(), 10).unwrap();
+        adopt(db.url()).unwrap();
+        let mut conn = db.connection();
+        assert_eq!(
+            tasker_diesel::adoption::tasks_to_backfill(&mut conn).unwrap(),
+            0,
+            "adopted and backfilled"
+        );
+        assert_eq!(
+            tasker_diesel::readiness::readiness_drift(&mut conn, None).unwrap(),
+            []
         );
     }
 );

@@ -1940,7 +1940,13 @@ DECLARE
     fixed bigint := 0;
     n bigint;
     step_ids bigint[];
+    writer_maintains text := current_setting('tasker.writer_maintains', true);
 BEGIN
+    -- Whole tasks are rebuilt, and a step's parents are in its task: the steps'
+    -- update trigger would only adjust, row by row, children and counts that are
+    -- recounted below (three times the cost of the rebuild). It is skipped until the
+    -- end, when the caller's setting comes back.
+    PERFORM set_config('tasker.writer_maintains', 'on', true);
     INSERT INTO tasker_task_step_counts (task_id)
     SELECT task.task_id FROM tasker_tasks AS task
     WHERE task_ids IS NULL OR task.task_id = ANY (task_ids)
@@ -1951,7 +1957,7 @@ BEGIN
     SELECT array_agg(s.workflow_step_id ORDER BY s.workflow_step_id) INTO step_ids
     FROM tasker_workflow_steps AS s
     WHERE task_ids IS NULL OR s.task_id = ANY (task_ids);
-    -- States first (their triggers adjust children), then every parent count again.
+    -- States first, then every parent count from them.
     SELECT count(*) INTO n FROM tasker_readiness_drift(task_ids) AS d
     WHERE d.workflow_step_id IS NOT NULL;
     fixed := fixed + n;
@@ -1992,6 +1998,11 @@ BEGIN
     WHERE c.task_id = kept.task_id
       AND (task_ids IS NULL OR kept.task_id = ANY (task_ids))
       AND kept IS DISTINCT FROM counted;
+    PERFORM set_config('tasker.writer_maintains', coalesce(writer_maintains, ''), true);
+    IF fixed > 0 THEN
+        -- Steps may have become runnable: wake the workers, as the trigger would have.
+        PERFORM pg_notify('tasker_runnable_steps', '');
+    END IF;
     RETURN fixed;
 END;
 $$;

@@ -1935,6 +1935,11 @@ COMMENT ON FUNCTION tasker_readiness_drift(bigint[]) IS
 CREATE FUNCTION tasker_rebuild_readiness(task_ids bigint[])
 RETURNS bigint
 LANGUAGE plpgsql
+-- Every statement filters on `task_ids IS NULL OR ... = ANY (task_ids)`: planned for
+-- the list at hand it probes the indexes, while the generic plan that a session
+-- switches to after five calls scans every step (12 s instead of 0.5 s for a batch
+-- of 2,000 tasks among 250,000, as a backfill calls it).
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     fixed bigint := 0;

@@ -192,6 +192,30 @@ fn adoption_keeps_every_row_and_hands_nothing_out_until_the_backfill() {
     assert_eq!(engine_rows(&mut conn), before, "every row is kept");
     assert_eq!(adoption.tasks_to_backfill, 25);
 
+    // The engine adds an edge to an old task (b -> c in task 1, whose a is
+    // complete): c, whose parents are not counted yet, must not become runnable.
+    conn.batch_execute(
+        "INSERT INTO tasker_workflow_step_edges (from_step_id, to_step_id, name, created_at, updated_at)
+         SELECT b.workflow_step_id, c.workflow_step_id, 'provides', now(), now()
+         FROM tasker_workflow_steps b, tasker_workflow_steps c
+         WHERE b.task_id = 1 AND c.task_id = 1
+           AND b.named_step_id = (SELECT named_step_id FROM tasker_named_steps WHERE name = 'b')
+           AND c.named_step_id = (SELECT named_step_id FROM tasker_named_steps WHERE name = 'c')",
+    )
+    .unwrap();
+    // Whatever a parent count not yet counted becomes, the step is not runnable:
+    // here completed_parents reaches total_parents (-1), written past the triggers.
+    conn.transaction::<_, diesel::result::Error, _>(|conn| {
+        conn.batch_execute(
+            "SET LOCAL tasker.writer_maintains = on;
+             UPDATE tasker_workflow_steps SET completed_parents = -1 WHERE task_id = 5",
+        )
+    })
+    .unwrap();
+    assert_eq!(
+        count(&mut conn, "SELECT count(*) AS n FROM tasker_workflow_steps WHERE task_id = 5 AND total_parents = completed_parents"),
+        4
+    );
     // Before the backfill: nothing runnable, no context, and the drift says so.
     let claimed = claim_ready_steps(&mut conn, &ClaimRequest::any_task(100, LEASE)).unwrap();
     assert_eq!(
@@ -220,10 +244,10 @@ fn adoption_keeps_every_row_and_hands_nothing_out_until_the_backfill() {
     assert_exact(&mut conn, "after the backfill");
 
     // Ready now: a of history 0, b and c of history 1, b of history 2 (a retry,
-    // its backoff past), five tasks each; c of history 2 is running, and a of
-    // history 4 has no retry left.
+    // its backoff past), five tasks each, but c of task 1, which waits for b since
+    // the new edge; c of history 2 is running, and a of history 4 has no retry left.
     let claimed = claim_ready_steps(&mut conn, &ClaimRequest::any_task(100, LEASE)).unwrap();
-    assert_eq!(claimed.len(), 20);
+    assert_eq!(claimed.len(), 19);
     assert_exact(&mut conn, "after a claim");
 
     // Calling both again changes nothing.

@@ -94,9 +94,10 @@ pub fn adopt_rails_schema(conn: &mut PgConnection) -> Result<Adoption> {
             .transaction(|conn| {
                 let mut applied = Vec::new();
                 for earlier in &pending[..tables] {
+                    // Carried out of the transaction as Diesel's error type.
                     let version = conn
                         .run_migration(earlier.as_ref())
-                        .map_err(|error| diesel::result::Error::QueryBuilderError(error))?;
+                        .map_err(diesel::result::Error::QueryBuilderError)?;
                     applied.push(version.to_string());
                 }
                 conn.batch_execute(RAILS_TABLES_SQL)?;

@@ -12,7 +12,8 @@ use tasker_diesel::migrations::{
 };
 use tasker_diesel::testing::TestDatabase;
 
-/// Every object of the public schema and its shape, one per line and sorted,
+/// Every object of the public schema and its full definition (function bodies,
+/// trigger and view definitions, defaults, comments), one per line and sorted,
 /// leaving out Diesel's own bookkeeping table.
 const SCHEMA_FINGERPRINT: &str = r#"
 SELECT coalesce(string_agg(item, E'\n' ORDER BY item), '') AS fingerprint
@@ -42,9 +43,15 @@ FROM (
       FROM pg_type
      WHERE typnamespace = 'public'::regnamespace
     UNION ALL
-    SELECT format('function %s', oid::regprocedure)
+    -- The whole definition, body and settings included: a down.sql that restored a
+    -- function under its name but with another body would show here.
+    SELECT format('function %s', pg_get_functiondef(oid))
       FROM pg_proc
      WHERE pronamespace = 'public'::regnamespace
+    UNION ALL
+    SELECT format('view %s: %s', c.relname, pg_get_viewdef(c.oid))
+      FROM pg_class c
+     WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('v', 'm')
     UNION ALL
     SELECT format('trigger %s', pg_get_triggerdef(oid))
       FROM pg_trigger

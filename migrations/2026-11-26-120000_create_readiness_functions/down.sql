@@ -1,3 +1,5 @@
+DROP FUNCTION tasker_rebuild_readiness(bigint[]);
+DROP FUNCTION tasker_readiness_drift(bigint[]);
 DROP FUNCTION tasker_system_health_counts();
 DROP FUNCTION calculate_dependency_levels(bigint);
 DROP FUNCTION get_task_execution_context(bigint);
@@ -6,6 +8,7 @@ DROP TYPE tasker_task_execution_context_row;
 DROP FUNCTION get_step_readiness_status(bigint, bigint[]);
 DROP FUNCTION get_step_readiness_status_batch(bigint[]);
 DROP FUNCTION get_step_readiness_status(bigint[]);
+DROP FUNCTION tasker_step_readiness_from_history(bigint[], bigint[]);
 DROP FUNCTION tasker_step_readiness(bigint[], bigint[]);
 DROP TYPE tasker_step_readiness_row;
 DROP TYPE tasker_health_status;

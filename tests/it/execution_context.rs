@@ -12,7 +12,7 @@ use tasker_diesel::{
     TaskExecutionContext, TaskState,
 };
 
-mod support;
+use crate::support;
 use support::*;
 
 use StepState::*;

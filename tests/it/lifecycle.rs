@@ -15,7 +15,7 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{ExecutionStatus, Refusal, StepState, TaskExecutionContext, TaskState};
 
-mod support;
+use crate::support;
 use support::{
     assert_nothing_written, refusal, snapshot, step_row, step_transitions, task_row,
     task_transitions,

@@ -29,7 +29,7 @@ use tasker_diesel::{
     MAX_DURATION, MAX_IDS_PER_CALL,
 };
 
-mod support;
+use crate::support;
 use support::{assert_maintained_readiness, assert_nothing_written, snapshot, step_row};
 
 const LEASE: Duration = Duration::from_secs(60);

@@ -5,7 +5,7 @@ use diesel::sql_types::{BigInt, Text};
 use tasker_diesel::migrations::schema_version;
 use tasker_diesel::testing::{server_url, LocalCluster, TestDatabase};
 
-mod support;
+use crate::support;
 
 #[derive(QueryableByName)]
 struct Count {

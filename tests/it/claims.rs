@@ -29,7 +29,7 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{Refusal, StepReadinessStatus, StepState, TaskState};
 
-mod support;
+use crate::support;
 use support::{refusal, step_row, step_transitions, task_transitions};
 
 use StepState::{Cancelled, Complete, InProgress, Pending};

@@ -10,7 +10,7 @@ use tasker_diesel::schema::tasker_workflow_steps::dsl as steps;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::{StepReadinessStatus, StepState};
 
-mod support;
+use crate::support;
 use support::*;
 
 use StepState::*;

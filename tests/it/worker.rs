@@ -24,7 +24,7 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{ErrorKind, StepState, TaskExecutionContext};
 
-mod support;
+use crate::support;
 
 fn pool(db: &TestDatabase, size: u32) -> PgPool {
     pool_builder()

@@ -8,7 +8,7 @@ use tasker_diesel::schema::*;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::{StepState, TaskState};
 
-mod support;
+use crate::support;
 
 #[test]
 fn catalog_rows_round_trip() {

@@ -19,9 +19,9 @@ use proptest::test_runner::TestCaseError;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::{StepReadinessQuery, StepReadinessStatus, StepState, TaskExecutionContext};
 
-mod histories;
-mod oracle;
-mod support;
+use crate::histories;
+use crate::oracle;
+use crate::support;
 
 use histories::{build, failure, run_property, Built, Case, Row, Session, MAX_TASKS};
 use oracle::{TaskInput, World};

@@ -6,8 +6,6 @@
 //! and `now`. It returns the crate's own row types, so whole results can be
 //! compared with `assert_eq!`.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::str::FromStr;
 

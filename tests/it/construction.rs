@@ -18,7 +18,7 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{Error, IntegrityRule, StepReadinessStatus, StepState};
 
-mod support;
+use crate::support;
 
 /// validate → (reserve_stock, charge_card) → ship, each step with other flags.
 fn diamond() -> TaskTemplate {

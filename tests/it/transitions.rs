@@ -20,8 +20,8 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{Error, Refusal, StepReadinessStatus, StepState, TaskState};
 
-mod oracle;
-mod support;
+use crate::oracle;
+use crate::support;
 
 use oracle::{step_move_allowed, task_move_allowed};
 use support::{

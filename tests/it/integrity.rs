@@ -11,7 +11,7 @@ use tasker_diesel::schema::*;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::{Error, IntegrityRule, StepState, TaskState};
 
-mod support;
+use crate::support;
 use support::{add_edge, task_with_steps};
 
 /// The rule a failed write broke, as the crate's error type reports it.

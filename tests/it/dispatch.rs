@@ -22,7 +22,7 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{Error, Refusal, StepState, TaskExecutionContext};
 
-mod support;
+use crate::support;
 use support::{add_edge, assert_maintained_readiness, snapshot, step_row, task_with_steps};
 
 const LEASE: Duration = Duration::from_secs(60);

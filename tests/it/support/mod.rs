@@ -1,7 +1,5 @@
 //! Rows that many tests need: a catalog, a task and its steps.
 
-#![allow(dead_code)]
-
 use std::fmt::Debug;
 
 use chrono::NaiveDateTime;

@@ -41,7 +41,7 @@ use tasker_diesel::workflow::{
 };
 use tasker_diesel::{Error, StepReadinessStatus, StepState, TaskState};
 
-mod support;
+use crate::support;
 
 /// The maintained columns of one step.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]

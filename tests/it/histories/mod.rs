@@ -6,8 +6,6 @@
 //! turns at PostgreSQL's plan cache modes and at session time zones far from
 //! UTC.
 
-#![allow(dead_code)]
-
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};

@@ -23,7 +23,7 @@ use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::*;
 use tasker_diesel::{Error, Refusal, StepState, TaskState};
 
-mod support;
+use crate::support;
 
 /// The pause trigger, installed in one test database only.
 const INSTALL_PAUSE_TRIGGER: &str = r#"

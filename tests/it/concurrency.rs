@@ -36,7 +36,7 @@ use tasker_diesel::{
     TaskExecutionContext, TaskState,
 };
 
-mod oracle;
+use crate::oracle;
 
 use oracle::{step_move_allowed, task_move_allowed};
 

@@ -10,7 +10,7 @@ use tasker_diesel::schema::tasker_workflow_step_edges;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::{Error, IntegrityRule};
 
-mod support;
+use crate::support;
 
 const MAX_STEPS: usize = 7;
 

@@ -23,13 +23,12 @@ use tasker_diesel::{
     TaskExecutionContext, TaskState,
 };
 
-mod histories;
-mod oracle;
-mod support;
+use crate::histories;
+use crate::support;
 
 use histories::{build, compare, failure, run_property, Case, Labels, Session, TIME_ZONES};
 
-const LEGACY_VIEWS: &str = include_str!("../benches/sweep/legacy_views.sql");
+const LEGACY_VIEWS: &str = include_str!("../../benches/sweep/legacy_views.sql");
 
 const CASES: u32 = 96;
 const MAX_STEPS: usize = 10;

@@ -218,3 +218,77 @@ fn no_index_repeats_the_leading_columns_of_another() {
         .collect();
     assert!(pairs.is_empty(), "{pairs:?}");
 }
+
+/// The migrations of the releases so far, each with a digest of its `up.sql` and
+/// `down.sql`. From the first release on, migrations are append-only: a database
+/// migrated by a released version has run these files and never runs them again, so
+/// an edit would leave it different from a database migrated afresh. A change to the
+/// schema is a new migration, after these; this list grows with each release.
+const RELEASED: &[(&str, &str)] = &[
+    // 0.1.0
+    ("2026-11-26-090000_create_state_types", "e0e6fa2ca82dba19"),
+    ("2026-11-26-100000_create_tasker_tables", "19254986de93a32e"),
+    (
+        "2026-11-26-100050_describe_tasker_tables",
+        "1fa44b59a3da14c5",
+    ),
+    (
+        "2026-11-26-100100_enforce_step_dag_integrity",
+        "2d2e6494517ee6a1",
+    ),
+    (
+        "2026-11-26-110000_maintain_step_readiness",
+        "217d038ce52ff8de",
+    ),
+    (
+        "2026-11-26-120000_create_readiness_functions",
+        "438b2ce6d4721127",
+    ),
+    (
+        "2026-11-26-130000_create_write_path_functions",
+        "6af350e42a6cc14c",
+    ),
+    (
+        "2026-11-26-140000_serve_the_rails_engine",
+        "f9ed958c183b3778",
+    ),
+];
+
+/// FNV-1a (64 bits) of a migration's `up.sql`, a 0xff byte and its `down.sql`.
+fn migration_digest(name: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(name);
+    let read =
+        |file: &str| std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{name}/{file}: {e}"));
+    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in read("up.sql")
+        .into_iter()
+        .chain([0xff])
+        .chain(read("down.sql"))
+    {
+        digest ^= u64::from(byte);
+        digest = digest.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{digest:016x}")
+}
+
+#[test]
+fn released_migrations_are_never_edited_and_come_first() {
+    let names: Vec<String> = all_migrations()
+        .iter()
+        .map(|migration| migration.name().to_string())
+        .collect();
+    let released: Vec<&str> = RELEASED.iter().map(|(name, _)| *name).collect();
+    assert!(
+        names.len() >= released.len() && names[..released.len()] == released[..],
+        "a new migration sorts before a released one, or a released one is gone: {names:?}"
+    );
+    for (name, digest) in RELEASED {
+        assert_eq!(
+            &migration_digest(name),
+            digest,
+            "{name} was released and must not change: put the change in a new migration"
+        );
+    }
+}

@@ -1,4 +1,4 @@
-//! The benchmark's legacy baseline (`benches/sweep/legacy_views.sql`: the
+//! The benchmark's legacy baseline (`bench/sql/legacy_views.sql`: the
 //! views `bench_legacy_step_readiness` and `bench_legacy_task_execution_context`)
 //! answers exactly like the functions it is compared with, so the benchmark
 //! times two ways of computing the same thing.
@@ -28,7 +28,10 @@ use crate::support;
 
 use histories::{build, compare, failure, run_property, Case, Labels, Session, TIME_ZONES};
 
-const LEGACY_VIEWS: &str = include_str!("../../benches/sweep/legacy_views.sql");
+const LEGACY_VIEWS: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/bench/sql/legacy_views.sql"
+));
 
 const CASES: u32 = 96;
 const MAX_STEPS: usize = 10;
@@ -171,7 +174,7 @@ fn legacy_database() -> TestDatabase {
     let db = TestDatabase::new();
     db.connection()
         .batch_execute(LEGACY_VIEWS)
-        .expect("benches/sweep/legacy_views.sql");
+        .expect("bench/sql/legacy_views.sql");
     db
 }
 

@@ -1,5 +1,5 @@
 //! The benchmark's dataset, generated server-side into a database of its
-//! own: `dataset.sql` installs the shapes and one fill function per table, and
+//! own: `bench/sql/dataset.sql` installs the shapes and one fill function per table, and
 //! this module calls them chunk by chunk with a progress bar per phase.
 
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use tasker_diesel::testing::url_with_database;
 use crate::report::{size_label, DatasetStats, LoadComparison, Phase};
 use crate::BoxResult;
 
-const GENERATOR_SQL: &str = include_str!("dataset.sql");
+const GENERATOR_SQL: &str = include_str!("../sql/dataset.sql");
 
 /// Changes whenever `dataset.sql` changes what it generates, so `--reuse`
 /// never reuses data of another kind.

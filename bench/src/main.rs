@@ -5,10 +5,10 @@
 //! largest size up to 1M), and writes a report.
 //!
 //! ```text
-//! cargo bench --bench sweep                       # full sweep: 10K, 100K, 1M, 10M steps
-//! cargo bench --bench sweep -- --quick            # 10K and 100K
-//! cargo bench --bench sweep -- --sizes 1m --reuse # one size, keeping a generated dataset
-//! cargo bench --bench sweep -- generate --steps 1m
+//! cargo run --release -p tasker-diesel-bench                        # full sweep: 10K, 100K, 1M, 10M steps
+//! cargo run --release -p tasker-diesel-bench -- --quick             # 10K and 100K
+//! cargo run --release -p tasker-diesel-bench -- --sizes 1m --reuse  # one size, keeping a generated dataset
+//! cargo run --release -p tasker-diesel-bench -- generate --steps 1m
 //! ```
 //!
 //! The server is `DATABASE_URL`'s, else 127.0.0.1:5432, else a throwaway
@@ -25,7 +25,7 @@ mod report;
 mod stats;
 mod workloads;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,12 +36,15 @@ use crate::workloads::Settings;
 
 type BoxResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// How the benchmark is run, from the repository root (recorded in each report).
+const COMMAND: &str = "cargo run --release -p tasker-diesel-bench";
+
 const USAGE: &str = "\
-usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls N]
-                                    [--budget SECONDS] [--reuse] [--peers] [--out DIR]
-       cargo bench --bench sweep -- dispatch [W7j,W7b,...] [--peers] [--out DIR]
-       cargo bench --bench sweep -- generate --steps SIZE [--reuse]
-       cargo bench --bench sweep -- render [--out DIR]
+usage: cargo run --release -p tasker-diesel-bench -- [--quick | --sizes 10k,100k,1m,10m]
+           [--calls N] [--budget SECONDS] [--reuse] [--peers] [--out DIR]
+       cargo run --release -p tasker-diesel-bench -- dispatch [W7j,W7b,...] [--peers] [--out DIR]
+       cargo run --release -p tasker-diesel-bench -- generate --steps SIZE [--reuse]
+       cargo run --release -p tasker-diesel-bench -- render [--out DIR]
 
   --quick         10K and 100K steps, with a 30 s budget (about 5 minutes)
   --sizes LIST    dataset sizes in steps (default: 10k,100k,1m,10m)
@@ -50,9 +53,10 @@ usage: cargo bench --bench sweep -- [--quick | --sizes 10k,100k,1m,10m] [--calls
                   the report says how many calls it made
   --reuse         keep a complete dataset of the same size instead of regenerating
                   it (W6 and W7 will have moved some of its steps on)
-  --peers         also run graphile-worker and pg-boss (npm ci in benches/peers; skipped
+  --peers         also run graphile-worker and pg-boss (npm ci in bench/peers; skipped
                   with a message without Node.js) beside the dispatch workloads
-  --out DIR       report directory (default target/bench-report)
+  --out DIR       report directory (default target/bench-report of the repository,
+                  wherever the command runs from)
 
 dispatch runs only the dispatch workloads (all, or those listed) and writes
 their report; generate only generates a dataset; render writes report.md and the plot of
@@ -88,10 +92,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|arg| arg != "--bench")
-        .collect();
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match parse(&args) {
         Ok(command) => command,
         Err(message) => {
@@ -113,7 +114,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let mut mode = "full";
     let mut settings = Settings::default();
     let mut reuse = false;
-    let mut out = PathBuf::from("target/bench-report");
+    let mut out = default_out();
     let mut generate = false;
     let mut render = false;
     let mut dispatch = false;
@@ -269,13 +270,24 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
     }
 }
 
+/// `target/bench-report` at the repository root, whichever directory the
+/// benchmark is started from.
+fn default_out() -> PathBuf {
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    package
+        .parent()
+        .unwrap_or(package)
+        .join("target")
+        .join("bench-report")
+}
+
 /// A report with nothing measured yet.
 fn new_report(args: &[String], mode: &str) -> Report {
     Report {
         generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         command: match args {
-            [] => "cargo bench --bench sweep".to_owned(),
-            args => format!("cargo bench --bench sweep -- {}", args.join(" ")),
+            [] => COMMAND.to_owned(),
+            args => format!("{COMMAND} -- {}", args.join(" ")),
         },
         mode: mode.to_owned(),
         machine: machine::describe(),

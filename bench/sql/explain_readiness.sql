@@ -1,7 +1,7 @@
 -- Prints the plans, with buffers, of the readiness and context functions for one
--- active task of a database loaded by bench/load_layered.sql:
+-- active task of a database loaded by bench/sql/load_layered.sql:
 --
---   psql -d <db> -f bench/explain_readiness.sql
+--   psql -d <db> -f bench/sql/explain_readiness.sql
 \set ON_ERROR_STOP on
 
 -- An active task near the end of the table, and 100 of its steps by id.

@@ -1,6 +1,6 @@
 //! The peers of the dispatch workloads (`--peers`): graphile-worker and
-//! pg-boss, installed from npm at the versions `benches/peers/package-lock.json`
-//! pins (`npm ci`) and run by `benches/peers/run.mjs` on the same server, in
+//! pg-boss, installed from npm at the versions `bench/peers/package-lock.json`
+//! pins (`npm ci`) and run by `bench/peers/run.mjs` on the same server, in
 //! the same run. Nothing of theirs is in the repository.
 
 use std::path::Path;
@@ -26,7 +26,7 @@ pub struct PeerResult {
 /// Runs every peer mode against `server_url`; `Ok(None)` with a message
 /// printed when Node.js or npm is missing.
 pub fn run(server_url: &str) -> BoxResult<Option<Vec<PeerResult>>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers");
     let available = |program: &str| {
         Command::new(program)
             .arg("--version")

@@ -1,5 +1,5 @@
 //! The legacy baseline (workload L): views that compute readiness and context
-//! for every task, queried with `WHERE task_id = $1` (`legacy_views.sql`).
+//! for every task, queried with `WHERE task_id = $1` (`bench/sql/legacy_views.sql`).
 
 use std::fmt::Debug;
 
@@ -10,7 +10,7 @@ use tasker_diesel::readiness::{StepReadinessStatus, TaskExecutionContext};
 
 use crate::BoxResult;
 
-const VIEWS_SQL: &str = include_str!("legacy_views.sql");
+const VIEWS_SQL: &str = include_str!("../sql/legacy_views.sql");
 
 /// The statement of L-W1: a task's step readiness from the legacy view.
 pub const STEP_READINESS: &str =

@@ -1,7 +1,7 @@
 -- Loads layered 100-step tasks into a migrated, empty database, for
--- bench/explain_readiness.sql:
+-- bench/sql/explain_readiness.sql:
 --
---   psql -v tasks=10000 -d <db> -f bench/load_layered.sql    # 1M steps, about a minute
+--   psql -v tasks=10000 -d <db> -f bench/sql/load_layered.sql    # 1M steps, about a minute
 --
 -- Each task has 10 levels of 10 steps; every step below the first level depends on
 -- two steps of the level above. Four tasks in five are history (every step complete

@@ -9,11 +9,13 @@ mod catalog;
 mod claim;
 mod create;
 mod lifecycle;
+mod request;
 mod template;
 mod transition;
 
 pub use claim::*;
 pub use create::*;
 pub use lifecycle::*;
+pub use request::*;
 pub use template::*;
 pub use transition::*;

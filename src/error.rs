@@ -5,7 +5,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use serde::Deserialize;
 
 use crate::enums::{ExecutionStatus, StepState, TaskState};
-use crate::workflow::TemplateError;
+use crate::workflow::{RequestError, TemplateError};
 
 /// Result alias for the crate's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -41,14 +41,16 @@ pub enum Error {
     /// A task template that cannot be built; nothing was written.
     #[error("invalid task template: {0}")]
     InvalidTemplate(#[from] TemplateError),
-    /// A request of a batch (at `index`) that cannot be built; nothing of the
+    /// A task request (at `index` of its batch; 0 for
+    /// [`create_task`](crate::workflow::create_task)) that cannot be built: its
+    /// template, in a batch, or what the request adds to it. Nothing of the
     /// batch was written.
     #[error("invalid task request {index} of the batch: {error}")]
     InvalidRequest {
         /// The request's position in the batch.
         index: usize,
         #[source]
-        error: TemplateError,
+        error: RequestError,
     },
     /// The write path refused the change; nothing was written.
     #[error(transparent)]

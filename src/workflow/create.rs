@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::catalog::{find_or_create_catalogs, Catalog};
-use super::request::TaskRequest;
+use super::request::{RequestError, TaskRequest};
 use super::template::{StepTemplate, TaskTemplate};
 use crate::error::{Error, IntegrityRule, Refusal};
 use crate::models::{Task, WorkflowStep};
@@ -109,13 +109,17 @@ impl CreatedTask {
 /// edges, or returns the task that already has the request's identity hash:
 /// [`create_tasks`] with one request.
 ///
-/// The request is validated first ([`TaskRequest::validate`]); an invalid one
-/// is [`Error::InvalidTemplate`] without any round trip.
+/// The request is validated first ([`TaskRequest::validate`]), without any
+/// round trip: an invalid template is [`Error::InvalidTemplate`], anything
+/// else wrong with the request [`Error::InvalidRequest`] with index 0.
 pub fn create_task(
     conn: &mut PgConnection,
     request: &TaskRequest<'_>,
 ) -> crate::Result<CreatedTask> {
-    request.validate()?;
+    request.validate().map_err(|error| match error {
+        RequestError::Template(error) => Error::InvalidTemplate(error),
+        error => Error::InvalidRequest { index: 0, error },
+    })?;
     let mut created = conn.transaction(|conn| create_in_transaction(conn, &[request]))?;
     Ok(created.remove(0))
 }

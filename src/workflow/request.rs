@@ -3,11 +3,12 @@
 //! check before the first round trip.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use chrono::NaiveDateTime;
 use serde_json::Value;
 
-use super::template::{check_length, TaskTemplate, TemplateError, TemplateField};
+use super::template::{fit, TaskTemplate, TemplateError, Unfit};
 use crate::arguments;
 
 /// Longest initiator, source system and reason (`VARCHAR(128)` in `tasker_tasks`).
@@ -116,28 +117,31 @@ impl<'a> TaskRequest<'a> {
     /// that the request's own fields fit their columns: text and JSON without
     /// NUL characters (which PostgreSQL cannot store), `requested_at` within
     /// PostgreSQL's range.
-    pub fn validate(&self) -> Result<(), TemplateError> {
+    ///
+    /// The first problem found is returned, in that order, so the same
+    /// request always gives the same error.
+    pub fn validate(&self) -> Result<(), RequestError> {
         self.template.validate()?;
         if let Some(step) = self
             .inputs
             .keys()
             .find(|step| self.template.find_step(step).is_none())
         {
-            return Err(TemplateError::UnknownStepInput { step: step.clone() });
+            return Err(RequestError::UnknownStepInput { step: step.clone() });
         }
         for name in self.bypass_steps.iter().flatten() {
             match self.template.find_step(name) {
-                None => return Err(TemplateError::UnknownBypassStep { step: name.clone() }),
+                None => return Err(RequestError::UnknownBypassStep { step: name.clone() }),
                 Some(step) if !step.skippable => {
-                    return Err(TemplateError::NotSkippable { step: name.clone() })
+                    return Err(RequestError::NotSkippable { step: name.clone() })
                 }
                 Some(_) => {}
             }
         }
         for (field, value) in [
-            (TemplateField::Initiator, &self.initiator),
-            (TemplateField::SourceSystem, &self.source_system),
-            (TemplateField::Reason, &self.reason),
+            (RequestField::Initiator, &self.initiator),
+            (RequestField::SourceSystem, &self.source_system),
+            (RequestField::Reason, &self.reason),
         ] {
             if let Some(value) = value {
                 check_length(field, value, MAX_REQUEST_FIELD_LENGTH)?;
@@ -145,44 +149,134 @@ impl<'a> TaskRequest<'a> {
         }
         for tag in self.tags.iter().flatten() {
             if let Some(problem) = arguments::text_problem(tag) {
-                return Err(TemplateError::Unstorable {
-                    field: TemplateField::Tags,
+                return Err(RequestError::Unstorable {
+                    field: RequestField::Tags,
                     problem: format!("hold {tag:?}, which {problem}"),
                 });
             }
         }
         if let Some(problem) = arguments::json_problem(&self.context) {
-            return Err(TemplateError::Unstorable {
-                field: TemplateField::Context,
+            return Err(RequestError::Unstorable {
+                field: RequestField::Context,
                 problem,
             });
         }
         for (step, inputs) in &self.inputs {
             if let Some(problem) = arguments::json_problem(inputs) {
-                return Err(TemplateError::Unstorable {
-                    field: TemplateField::Inputs,
+                return Err(RequestError::Unstorable {
+                    field: RequestField::Inputs,
                     problem: format!("of step {step} {problem}"),
                 });
             }
         }
         if let Some(problem) = self.requested_at.and_then(arguments::timestamp_problem) {
-            return Err(TemplateError::Unstorable {
-                field: TemplateField::RequestedAt,
+            return Err(RequestError::Unstorable {
+                field: RequestField::RequestedAt,
                 problem,
             });
         }
         if let Some(identity_hash) = &self.identity_hash {
             if identity_hash.trim().is_empty() {
-                return Err(TemplateError::Blank {
-                    field: TemplateField::IdentityHash,
+                return Err(RequestError::Blank {
+                    field: RequestField::IdentityHash,
                 });
             }
             check_length(
-                TemplateField::IdentityHash,
+                RequestField::IdentityHash,
                 identity_hash,
                 MAX_IDENTITY_HASH_LENGTH,
             )?;
         }
         Ok(())
     }
+}
+
+/// A text field of the request that fits its column ([`fit`]).
+fn check_length(field: RequestField, value: &str, max_length: usize) -> Result<(), RequestError> {
+    fit(value, max_length).map_err(|unfit| match unfit {
+        Unfit::Unstorable(problem) => RequestError::Unstorable { field, problem },
+        Unfit::TooLong => RequestError::TooLong {
+            field,
+            value: value.to_owned(),
+            max_length,
+        },
+    })
+}
+
+/// A field of a task request (its own, not its template's) that has a limit
+/// or must not be blank: the column of `tasker_tasks` (or, for inputs,
+/// `tasker_workflow_steps`) it is stored in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestField {
+    /// `tasker_tasks.initiator`.
+    Initiator,
+    /// `tasker_tasks.source_system`.
+    SourceSystem,
+    /// `tasker_tasks.reason`.
+    Reason,
+    /// `tasker_tasks.identity_hash`.
+    IdentityHash,
+    /// `tasker_tasks.context`.
+    Context,
+    /// A step's `tasker_workflow_steps.inputs`.
+    Inputs,
+    /// `tasker_tasks.tags`.
+    Tags,
+    /// `tasker_tasks.requested_at`.
+    RequestedAt,
+}
+
+impl fmt::Display for RequestField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RequestField::Initiator => "initiator",
+            RequestField::SourceSystem => "source system",
+            RequestField::Reason => "reason",
+            RequestField::IdentityHash => "identity hash",
+            RequestField::Context => "context",
+            RequestField::Inputs => "inputs",
+            RequestField::Tags => "tags",
+            RequestField::RequestedAt => "requested_at",
+        })
+    }
+}
+
+/// Why a task request cannot be built ([`TaskRequest::validate`]): its
+/// template, or what the request adds to it. Nothing has been written when it
+/// is returned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The request's template cannot be built.
+    #[error("invalid task template: {0}")]
+    Template(#[from] TemplateError),
+    /// An empty (or whitespace-only) identity hash.
+    #[error("{field} is blank")]
+    Blank { field: RequestField },
+    /// A value longer than its column.
+    #[error(
+        "{field} {value:?} has {} characters, at most {max_length} fit",
+        value.chars().count()
+    )]
+    TooLong {
+        field: RequestField,
+        value: String,
+        max_length: usize,
+    },
+    /// A value PostgreSQL cannot store: text or JSON with a NUL character,
+    /// or a timestamp outside PostgreSQL's range.
+    #[error("{field} {problem}")]
+    Unstorable {
+        field: RequestField,
+        /// What is wrong, and where in a JSON value.
+        problem: String,
+    },
+    /// Inputs for a step the template does not have.
+    #[error("inputs given for {step}, which is not a step of the template")]
+    UnknownStepInput { step: String },
+    /// A bypassed step the template does not have.
+    #[error("bypass of {step}, which is not a step of the template")]
+    UnknownBypassStep { step: String },
+    /// A bypassed step that is not skippable.
+    #[error("step {step} is not skippable and cannot be bypassed")]
+    NotSkippable { step: String },
 }

@@ -258,22 +258,35 @@ fn check_name(field: TemplateField, value: &str, max_length: usize) -> Result<()
     check_length(field, value, max_length)
 }
 
-/// Text that fits its column: no NUL (PostgreSQL text cannot hold one), at
-/// most `max_length` characters (`VARCHAR(n)` counts characters, not bytes).
-pub(crate) fn check_length(
-    field: TemplateField,
-    value: &str,
-    max_length: usize,
-) -> Result<(), TemplateError> {
-    if let Some(problem) = arguments::text_problem(value) {
-        return Err(TemplateError::Unstorable { field, problem });
-    }
-    if value.chars().count() > max_length {
-        return Err(TemplateError::TooLong {
+/// A text field of the template that fits its column ([`fit`]).
+fn check_length(field: TemplateField, value: &str, max_length: usize) -> Result<(), TemplateError> {
+    fit(value, max_length).map_err(|unfit| match unfit {
+        Unfit::Unstorable(problem) => TemplateError::Unstorable { field, problem },
+        Unfit::TooLong => TemplateError::TooLong {
             field,
             value: value.to_owned(),
             max_length,
-        });
+        },
+    })
+}
+
+/// Why text does not fit its column ([`fit`]).
+pub(super) enum Unfit {
+    /// It holds a NUL character: what [`arguments::text_problem`] says.
+    Unstorable(String),
+    /// It has more characters than the column.
+    TooLong,
+}
+
+/// Whether text fits its column: no NUL (PostgreSQL text cannot hold one),
+/// at most `max_length` characters (`VARCHAR(n)` counts characters, not
+/// bytes). Templates and requests each wrap the answer in their own error.
+pub(super) fn fit(value: &str, max_length: usize) -> Result<(), Unfit> {
+    if let Some(problem) = arguments::text_problem(value) {
+        return Err(Unfit::Unstorable(problem));
+    }
+    if value.chars().count() > max_length {
+        return Err(Unfit::TooLong);
     }
     Ok(())
 }
@@ -328,8 +341,8 @@ fn find_cycle(parents: &[Vec<usize>]) -> Option<Vec<usize>> {
     None
 }
 
-/// A field of a template or task request that has a length limit or must not
-/// be blank.
+/// A field of a template that has a length limit or must not be blank (a
+/// request's own fields are [`RequestField`](super::RequestField)s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TemplateField {
     /// `tasker_task_namespaces.name`.
@@ -344,22 +357,6 @@ pub enum TemplateField {
     StepName,
     /// `tasker_dependent_systems.name`.
     DependentSystem,
-    /// `tasker_tasks.initiator`.
-    Initiator,
-    /// `tasker_tasks.source_system`.
-    SourceSystem,
-    /// `tasker_tasks.reason`.
-    Reason,
-    /// `tasker_tasks.identity_hash`.
-    IdentityHash,
-    /// `tasker_tasks.context`.
-    Context,
-    /// A step's `tasker_workflow_steps.inputs`.
-    Inputs,
-    /// `tasker_tasks.tags`.
-    Tags,
-    /// `tasker_tasks.requested_at`.
-    RequestedAt,
 }
 
 impl fmt::Display for TemplateField {
@@ -371,20 +368,13 @@ impl fmt::Display for TemplateField {
             TemplateField::Description => "description",
             TemplateField::StepName => "step name",
             TemplateField::DependentSystem => "dependent system",
-            TemplateField::Initiator => "initiator",
-            TemplateField::SourceSystem => "source system",
-            TemplateField::Reason => "reason",
-            TemplateField::IdentityHash => "identity hash",
-            TemplateField::Context => "context",
-            TemplateField::Inputs => "inputs",
-            TemplateField::Tags => "tags",
-            TemplateField::RequestedAt => "requested_at",
         })
     }
 }
 
-/// Why a task template (or a task request for it) cannot be built. Nothing
-/// has been written when it is returned.
+/// Why a task template cannot be built ([`TaskTemplate::validate`]; a
+/// request for it is checked by [`TaskRequest::validate`](super::TaskRequest::validate)).
+/// Nothing has been written when it is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     /// A template without steps.
@@ -393,8 +383,7 @@ pub enum TemplateError {
         /// `namespace/name@version` of the template.
         template: String,
     },
-    /// An empty (or whitespace-only) namespace, task name, version or
-    /// identity hash.
+    /// An empty (or whitespace-only) namespace, task name or version.
     #[error("{field} is blank")]
     Blank { field: TemplateField },
     /// A step with an empty (or whitespace-only) name.
@@ -438,23 +427,13 @@ pub enum TemplateError {
         "step {step} has retry limit {retry_limit}: it counts every attempt, the first included, so it must be at least 1"
     )]
     InvalidRetryLimit { step: String, retry_limit: i32 },
-    /// A value PostgreSQL cannot store: text or JSON with a NUL character,
-    /// or a timestamp before PostgreSQL's earliest.
+    /// Text PostgreSQL cannot store: it holds a NUL character.
     #[error("{field} {problem}")]
     Unstorable {
         field: TemplateField,
-        /// What is wrong, and where in a JSON value.
+        /// What is wrong.
         problem: String,
     },
-    /// Inputs for a step the template does not have.
-    #[error("inputs given for {step}, which is not a step of the template")]
-    UnknownStepInput { step: String },
-    /// A bypassed step the template does not have.
-    #[error("bypass of {step}, which is not a step of the template")]
-    UnknownBypassStep { step: String },
-    /// A bypassed step that is not skippable.
-    #[error("step {step} is not skippable and cannot be bypassed")]
-    NotSkippable { step: String },
 }
 
 #[cfg(test)]

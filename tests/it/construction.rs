@@ -13,8 +13,8 @@ use tasker_diesel::models::*;
 use tasker_diesel::schema::*;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
-    create_task, create_tasks, CreatedTask, StepTemplate, TaskRequest, TaskTemplate, TemplateError,
-    TemplateField,
+    create_task, create_tasks, CreatedTask, RequestError, RequestField, StepTemplate, TaskRequest,
+    TaskTemplate, TemplateError, TemplateField,
 };
 use tasker_diesel::{Error, IntegrityRule, StepReadinessStatus, StepState};
 
@@ -477,13 +477,19 @@ fn an_identity_hash_taken_by_another_template_is_an_integrity_error() {
 }
 
 /// Creates `request` on a fresh database and checks that it fails with
-/// `expected` and leaves every `tasker_` table empty and every sequence unused.
-fn assert_rejected(request: &TaskRequest<'_>, expected: TemplateError) {
+/// `expected` (a template's error as `InvalidTemplate`, the request's own as
+/// `InvalidRequest` at index 0) and leaves every `tasker_` table empty and
+/// every sequence unused.
+fn assert_rejected(request: &TaskRequest<'_>, expected: impl Into<RequestError>) {
+    let expected = expected.into();
     let db = TestDatabase::new();
     let mut conn = db.connection();
-    match create_task(&mut conn, request) {
-        Err(Error::InvalidTemplate(error)) => assert_eq!(error, expected),
-        other => panic!("expected {expected:?}, got {other:?}"),
+    match (create_task(&mut conn, request), &expected) {
+        (Err(Error::InvalidTemplate(error)), RequestError::Template(template)) => {
+            assert_eq!(&error, template)
+        }
+        (Err(Error::InvalidRequest { index: 0, error }), _) => assert_eq!(error, expected),
+        (other, _) => panic!("expected {expected:?}, got {other:?}"),
     }
     let counts = row_counts(&mut conn);
     assert!(counts.values().all(|&count| count == 0), "{counts:?}");
@@ -624,10 +630,13 @@ fn every_value_longer_than_its_column_is_rejected_before_any_write() {
     assert!(
         matches!(
             error,
-            Error::InvalidTemplate(TemplateError::TooLong {
-                field: TemplateField::Initiator,
-                ..
-            })
+            Error::InvalidRequest {
+                index: 0,
+                error: RequestError::TooLong {
+                    field: RequestField::Initiator,
+                    ..
+                }
+            }
         ),
         "{error:?}"
     );
@@ -641,7 +650,7 @@ fn inputs_for_an_unknown_step_are_rejected_without_writes() {
         &TaskRequest::new(&template)
             .input("ship", json!({}))
             .input("gift_wrap", json!({"paper": "red"})),
-        TemplateError::UnknownStepInput {
+        RequestError::UnknownStepInput {
             step: "gift_wrap".into(),
         },
     );
@@ -652,13 +661,13 @@ fn only_skippable_steps_of_the_template_can_be_bypassed() {
     let template = diamond();
     assert_rejected(
         &TaskRequest::new(&template).bypass_steps(["gift_wrap"]),
-        TemplateError::UnknownBypassStep {
+        RequestError::UnknownBypassStep {
             step: "gift_wrap".into(),
         },
     );
     assert_rejected(
         &TaskRequest::new(&template).bypass_steps(["ship", "charge_card"]),
-        TemplateError::NotSkippable {
+        RequestError::NotSkippable {
             step: "charge_card".into(),
         },
     );
@@ -953,14 +962,19 @@ fn an_invalid_request_anywhere_in_a_batch_is_named_by_index_before_any_write() {
     match create_tasks(&mut conn, &requests) {
         Err(Error::InvalidRequest { index: 2, error }) => assert_eq!(
             error,
-            TemplateError::UnknownStepInput {
+            RequestError::UnknownStepInput {
                 step: "no_such_step".into()
             }
         ),
         other => panic!("expected request 2 to be refused, got {other:?}"),
     }
     match create_tasks(&mut conn, &requests[3..]) {
-        Err(error @ Error::InvalidRequest { index: 0, .. }) => {
+        Err(
+            error @ Error::InvalidRequest {
+                index: 0,
+                error: RequestError::Template(TemplateError::Empty { .. }),
+            },
+        ) => {
             assert!(error.to_string().contains("request 0"), "{error}")
         }
         other => panic!("expected request 0 to be refused, got {other:?}"),

@@ -21,8 +21,8 @@ use tasker_diesel::workflow::{
     extend_step_claim, fail_step, fail_steps, finalize_settled_tasks, finalize_task,
     release_expired_claims, release_steps, report_and_claim, report_steps, resolve_step_manually,
     transition_task, transition_workflow_step, wait_for_claimable_work, Claim, ClaimRequest,
-    ClaimedStep, StepKind, StepReport, StepTemplate, TaskRequest, TaskTemplate, TemplateError,
-    TemplateField, TransitionOptions,
+    ClaimedStep, RequestError, RequestField, StepKind, StepReport, StepTemplate, TaskRequest,
+    TaskTemplate, TemplateError, TemplateField, TransitionOptions,
 };
 use tasker_diesel::{
     Error, ErrorKind, Refusal, StepReadinessStatus, StepState, TaskExecutionContext, TaskState,
@@ -340,6 +340,13 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
     let before = snapshot(&mut conn);
     let unstorable = |error: TemplateError| match error {
         TemplateError::Unstorable { field, problem } => {
+            assert!(problem.contains("NUL"), "{problem}");
+            field
+        }
+        other => panic!("expected Unstorable, got {other:?}"),
+    };
+    let unstorable_request = |error: RequestError| match error {
+        RequestError::Unstorable { field, problem } => {
             assert!(
                 problem.contains("NUL") || problem.contains("earliest"),
                 "{problem}"
@@ -383,44 +390,50 @@ fn text_and_json_postgres_cannot_store_are_refused_naming_the_field() {
     let requests = [
         (
             TaskRequest::new(&flow).initiator(nul),
-            TemplateField::Initiator,
+            RequestField::Initiator,
         ),
         (
             TaskRequest::new(&flow).source_system(nul),
-            TemplateField::SourceSystem,
+            RequestField::SourceSystem,
         ),
-        (TaskRequest::new(&flow).reason(nul), TemplateField::Reason),
+        (TaskRequest::new(&flow).reason(nul), RequestField::Reason),
         (
             TaskRequest::new(&flow).identity_hash(nul),
-            TemplateField::IdentityHash,
+            RequestField::IdentityHash,
         ),
         (
             TaskRequest::new(&flow).tags(["ok", nul]),
-            TemplateField::Tags,
+            RequestField::Tags,
         ),
         (
             TaskRequest::new(&flow).context(json!({"deep": [{"x": nul}]})),
-            TemplateField::Context,
+            RequestField::Context,
         ),
         (
             TaskRequest::new(&flow).context(json!({ nul: 1 })),
-            TemplateField::Context,
+            RequestField::Context,
         ),
         (
             TaskRequest::new(&flow).input("a", json!([nul])),
-            TemplateField::Inputs,
+            RequestField::Inputs,
         ),
         (
             TaskRequest::new(&flow).requested_at(before_4714_bc),
-            TemplateField::RequestedAt,
+            RequestField::RequestedAt,
         ),
     ];
     for (request, field) in &requests {
-        assert_eq!(unstorable(request.validate().unwrap_err()), *field);
-        let error = template_error(create_task(&mut conn, request));
-        assert_eq!(unstorable(error), *field);
+        assert_eq!(unstorable_request(request.validate().unwrap_err()), *field);
+        match create_task(&mut conn, request) {
+            Err(Error::InvalidRequest { index: 0, error }) => {
+                assert_eq!(unstorable_request(error), *field)
+            }
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
         match create_tasks(&mut conn, &[TaskRequest::new(&flow), request.clone()]) {
-            Err(Error::InvalidRequest { index: 1, error }) => assert_eq!(unstorable(error), *field),
+            Err(Error::InvalidRequest { index: 1, error }) => {
+                assert_eq!(unstorable_request(error), *field)
+            }
             other => panic!("expected InvalidRequest, got {other:?}"),
         }
     }

@@ -193,6 +193,27 @@ impl Error {
     }
 }
 
+impl Error {
+    /// An answer of the database that does not fit what was asked (a row
+    /// missing, one too many, one at a place that was not asked for): a
+    /// [`Error::Query`] with a deserialization error naming what did not fit.
+    pub(crate) fn unexpected_rows(message: String) -> Self {
+        Error::Query(DieselError::DeserializationError(message.into()))
+    }
+
+    /// Rows other transactions kept changing under a statement that was run
+    /// again for them until it gave up: a [`Error::Query`] with a
+    /// serialization failure that names the rows, [`ErrorKind::Transient`] as
+    /// PostgreSQL's own conflicts are, since the same call made again runs in
+    /// a new transaction.
+    pub(crate) fn lost_race(message: String) -> Self {
+        Error::Query(DieselError::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            Box::new(message),
+        ))
+    }
+}
+
 /// Whether a failed query may succeed when made again. Diesel gives the
 /// SQLSTATE only for some classes (a lost connection, a serialization
 /// failure); for the others PostgreSQL's message is matched (as the server

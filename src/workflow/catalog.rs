@@ -1,104 +1,303 @@
 //! The catalog rows a batch of new tasks needs (namespaces, dependent
 //! systems, task and step templates, their memberships), found or inserted
-//! for every template of the batch at once: one statement per table.
+//! for every template of the batch at once: one statement per table, all of
+//! them made by [`statement`] from a description of the table
+//! ([`CatalogTable`]).
 //!
 //! Each statement inserts only the keys it does not find (so a steady state
 //! of creation draws no ids from the `INTEGER` sequences: an insert that hits
 //! a conflict would still consume one), sorted by key with the tables always
 //! in the same order, so concurrent creators wait for each other instead of
-//! deadlocking, and returns the id of every key asked for. A key another
-//! transaction commits while the statement runs is skipped by `ON CONFLICT DO
-//! NOTHING` but is not in the statement's snapshot either, so a statement that
-//! comes back short runs once more, in a new snapshot that sees it.
+//! deadlocking, and answers the id of every row asked for, by its position.
+//! A key another transaction commits while the statement runs is skipped by
+//! `ON CONFLICT DO NOTHING` but is not in the statement's snapshot either, so
+//! a statement that comes back short runs again, in a new snapshot that sees
+//! it (a key deleted meanwhile is then inserted anew); after [`ATTEMPTS`]
+//! short answers the race is reported ([`Error::lost_race`]).
 
-use std::collections::{BTreeSet, HashMap};
-use std::hash::Hash;
+use std::collections::HashSet;
 
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Array, Bool, Integer, Nullable, Text};
+use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text};
 
-use super::template::TaskTemplate;
+use super::template::{StepTemplate, TaskTemplate};
+use crate::error::Error;
 
-/// Rows of `table` (namespaces, dependent systems: unique by `name`, id
-/// column `id`) by name: `(name, id)` for every name of `$1`. The two tables
-/// differ only in their names, so they share this one statement.
-fn by_name_sql(table: &str, id: &str) -> String {
-    format!(
-        "WITH wanted AS (SELECT DISTINCT w.name FROM unnest($1::text[]) AS w (name)), \
-         inserted AS ( \
-             INSERT INTO {table} (name) \
-             SELECT w.name FROM wanted AS w \
-             WHERE NOT EXISTS (SELECT FROM {table} AS t WHERE t.name = w.name) \
-             ORDER BY w.name \
-             ON CONFLICT (name) DO NOTHING \
-             RETURNING name, {id}) \
-         SELECT name, {id} AS id FROM inserted \
-         UNION ALL \
-         SELECT t.name, t.{id} FROM {table} AS t JOIN wanted USING (name)"
-    )
-}
-
-/// Task templates by (namespace id `$1`, name `$2`, version `$3`); a new one
-/// gets description `$4` (the first given for its key).
-const NAMED_TASKS_SQL: &str = "\
-    WITH wanted AS ( \
-        SELECT DISTINCT ON (w.task_namespace_id, w.name, w.version) w.* \
-        FROM unnest($1::integer[], $2::text[], $3::text[], $4::text[]) \
-             WITH ORDINALITY AS w (task_namespace_id, name, version, description, position) \
-        ORDER BY w.task_namespace_id, w.name, w.version, w.position), \
-    inserted AS ( \
-        INSERT INTO tasker_named_tasks (task_namespace_id, name, version, description) \
-        SELECT w.task_namespace_id, w.name, w.version, w.description FROM wanted AS w \
-        WHERE NOT EXISTS (SELECT FROM tasker_named_tasks AS t \
-                          WHERE (t.task_namespace_id, t.name, t.version) \
-                              = (w.task_namespace_id, w.name, w.version)) \
-        ORDER BY w.task_namespace_id, w.name, w.version \
-        ON CONFLICT (task_namespace_id, name, version) DO NOTHING \
-        RETURNING task_namespace_id, name, version, named_task_id) \
-    SELECT task_namespace_id, name, version, named_task_id AS id FROM inserted \
-    UNION ALL \
-    SELECT t.task_namespace_id, t.name, t.version, t.named_task_id \
-    FROM tasker_named_tasks AS t JOIN wanted USING (task_namespace_id, name, version)";
-
-/// Step templates by (dependent system id `$1`, name `$2`).
-const NAMED_STEPS_SQL: &str = "\
-    WITH wanted AS (SELECT DISTINCT w.dependent_system_id, w.name \
-                    FROM unnest($1::integer[], $2::text[]) AS w (dependent_system_id, name)), \
-    inserted AS ( \
-        INSERT INTO tasker_named_steps (dependent_system_id, name) \
-        SELECT w.dependent_system_id, w.name FROM wanted AS w \
-        WHERE NOT EXISTS (SELECT FROM tasker_named_steps AS s \
-                          WHERE (s.dependent_system_id, s.name) = (w.dependent_system_id, w.name)) \
-        ORDER BY w.dependent_system_id, w.name \
-        ON CONFLICT (dependent_system_id, name) DO NOTHING \
-        RETURNING dependent_system_id, name, named_step_id) \
-    SELECT dependent_system_id, name, named_step_id AS id, true AS inserted FROM inserted \
-    UNION ALL \
-    SELECT s.dependent_system_id, s.name, s.named_step_id, false \
-    FROM tasker_named_steps AS s JOIN wanted USING (dependent_system_id, name)";
+/// Statements run for one table before a race that keeps taking its rows
+/// away is reported: the first, and two in new snapshots.
+const ATTEMPTS: usize = 3;
 
 /// Step templates inserted in one call past which the table's statistics are
 /// refreshed (see [`find_or_create_catalogs`]).
 const ANALYZE_AFTER_NEW_STEPS: usize = 1_000;
 
-/// Memberships (task template `$1`, step template `$2`) not stored yet, with
-/// the flags `$3..$5` of the first request for them; existing ones keep
-/// theirs. Nothing is returned, so a lost race needs no second look.
-const MEMBERSHIPS_SQL: &str = "\
-    INSERT INTO tasker_named_tasks_named_steps (named_task_id, named_step_id, skippable, \
-                                                default_retryable, default_retry_limit) \
-    SELECT w.named_task_id, w.named_step_id, w.skippable, w.retryable, w.retry_limit \
-    FROM (SELECT DISTINCT ON (w.named_task_id, w.named_step_id) w.* \
-          FROM unnest($1::integer[], $2::integer[], $3::boolean[], $4::boolean[], \
-                      $5::integer[]) \
-               WITH ORDINALITY AS w (named_task_id, named_step_id, skippable, retryable, \
-                                     retry_limit, position) \
-          ORDER BY w.named_task_id, w.named_step_id, w.position) AS w \
-    WHERE NOT EXISTS (SELECT FROM tasker_named_tasks_named_steps AS m \
-                      WHERE (m.named_task_id, m.named_step_id) \
-                          = (w.named_task_id, w.named_step_id)) \
-    ORDER BY w.named_task_id, w.named_step_id \
-    ON CONFLICT (named_task_id, named_step_id) DO NOTHING";
+/// A catalog table as [`statement`] needs it.
+struct CatalogTable {
+    name: &'static str,
+    /// The columns of its unique key (the conflict target).
+    key: &'static [&'static str],
+    /// Columns an inserted row takes from the first row asked for with its
+    /// key; an existing row keeps its own.
+    extra: &'static [&'static str],
+    /// Its `INTEGER` id column.
+    id: &'static str,
+}
+
+const NAMESPACES: CatalogTable = CatalogTable {
+    name: "tasker_task_namespaces",
+    key: &["name"],
+    extra: &[],
+    id: "task_namespace_id",
+};
+
+const DEPENDENT_SYSTEMS: CatalogTable = CatalogTable {
+    name: "tasker_dependent_systems",
+    key: &["name"],
+    extra: &[],
+    id: "dependent_system_id",
+};
+
+const NAMED_TASKS: CatalogTable = CatalogTable {
+    name: "tasker_named_tasks",
+    key: &["task_namespace_id", "name", "version"],
+    extra: &["description"],
+    id: "named_task_id",
+};
+
+const NAMED_STEPS: CatalogTable = CatalogTable {
+    name: "tasker_named_steps",
+    key: &["dependent_system_id", "name"],
+    extra: &[],
+    id: "named_step_id",
+};
+
+const MEMBERSHIPS: CatalogTable = CatalogTable {
+    name: "tasker_named_tasks_named_steps",
+    key: &["named_task_id", "named_step_id"],
+    extra: &["skippable", "default_retryable", "default_retry_limit"],
+    id: "id",
+};
+
+/// What a statement answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    /// `(position, id, inserted)` for every row asked for: its position in
+    /// the arrays (from 1), its row's id, and whether this statement inserted
+    /// that row.
+    Ids,
+    /// Nothing: the rows are only made to exist.
+    Nothing,
+}
+
+/// The one find-or-insert statement of `table`: `$1..$n` are arrays, one per
+/// column of `table.key` then `table.extra` (each of the SQL type in
+/// `types`), element `i` of each making row `i`.
+fn statement(table: &CatalogTable, types: &[&str], answer: Answer) -> String {
+    let list = |columns: &[&str], prefix: &str| -> String {
+        columns
+            .iter()
+            .map(|column| format!("{prefix}{column}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let columns: Vec<&str> = table.key.iter().chain(table.extra).copied().collect();
+    let arrays = types
+        .iter()
+        .enumerate()
+        .map(|(index, sql_type)| format!("${}::{sql_type}[]", index + 1))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let (name, id) = (table.name, table.id);
+    let key = list(table.key, "");
+    let t_key = list(table.key, "t.");
+    let w_key = list(table.key, "w.");
+    let given = format!(
+        "given AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY AS g ({}, position)), \
+         wanted AS (SELECT DISTINCT ON ({key}) * FROM given ORDER BY {key}, position)",
+        list(&columns, "")
+    );
+    let insert = format!(
+        "INSERT INTO {name} ({}) \
+         SELECT {} FROM wanted AS w \
+         WHERE NOT EXISTS (SELECT FROM {name} AS t WHERE ({t_key}) = ({w_key})) \
+         ORDER BY {w_key} \
+         ON CONFLICT ({key}) DO NOTHING",
+        list(&columns, ""),
+        list(&columns, "w."),
+    );
+    match answer {
+        Answer::Nothing => format!("WITH {given} {insert}"),
+        Answer::Ids => format!(
+            "WITH {given}, \
+             inserted AS ({insert} RETURNING {key}, {id}), \
+             found AS (SELECT {key}, {id} AS id, true AS inserted FROM inserted \
+                       UNION ALL \
+                       SELECT {key}, t.{id}, false FROM {name} AS t JOIN wanted USING ({key})) \
+             SELECT g.position, f.id, f.inserted FROM given AS g JOIN found AS f USING ({key})"
+        ),
+    }
+}
+
+/// One column of the rows asked for.
+enum Column<'a> {
+    Integer(Vec<i32>),
+    Text(Vec<&'a str>),
+    NullableText(Vec<Option<&'a str>>),
+    Bool(Vec<bool>),
+}
+
+impl<'a> Column<'a> {
+    fn len(&self) -> usize {
+        match self {
+            Column::Integer(values) => values.len(),
+            Column::Text(values) => values.len(),
+            Column::NullableText(values) => values.len(),
+            Column::Bool(values) => values.len(),
+        }
+    }
+
+    /// The SQL type of its elements.
+    fn sql_type(&self) -> &'static str {
+        match self {
+            Column::Integer(_) => "integer",
+            Column::Text(_) | Column::NullableText(_) => "text",
+            Column::Bool(_) => "boolean",
+        }
+    }
+
+    /// `query` with this column bound as its next array.
+    fn bind<'f>(&'f self, query: BoxedSqlQuery<'f, Pg, SqlQuery>) -> BoxedSqlQuery<'f, Pg, SqlQuery>
+    where
+        'a: 'f,
+    {
+        match self {
+            Column::Integer(values) => query.bind::<Array<Integer>, _>(values),
+            Column::Text(values) => query.bind::<Array<Text>, _>(values),
+            Column::NullableText(values) => query.bind::<Array<Nullable<Text>>, _>(values),
+            Column::Bool(values) => query.bind::<Array<Bool>, _>(values),
+        }
+    }
+}
+
+/// The number of rows `columns` asks for. Columns that do not fit the table
+/// are a bug, reported as a query that could not be built.
+fn rows(table: &CatalogTable, columns: &[Column<'_>]) -> crate::Result<usize> {
+    let rows = columns.first().map_or(0, Column::len);
+    if columns.len() != table.key.len() + table.extra.len()
+        || columns.iter().any(|column| column.len() != rows)
+    {
+        return Err(Error::Query(diesel::result::Error::QueryBuilderError(
+            format!(
+                "{} takes {} columns of equal length, not {:?}",
+                table.name,
+                table.key.len() + table.extra.len(),
+                columns.iter().map(Column::len).collect::<Vec<_>>()
+            )
+            .into(),
+        )));
+    }
+    Ok(rows)
+}
+
+/// `table`'s statement for `columns`, with its binds.
+fn query<'f>(
+    table: &CatalogTable,
+    columns: &'f [Column<'_>],
+    answer: Answer,
+) -> BoxedSqlQuery<'f, Pg, SqlQuery> {
+    let types: Vec<&str> = columns.iter().map(Column::sql_type).collect();
+    columns.iter().fold(
+        diesel::sql_query(statement(table, &types, answer)).into_boxed::<Pg>(),
+        |query, column| column.bind(query),
+    )
+}
+
+#[derive(QueryableByName)]
+struct FoundRow {
+    #[diesel(sql_type = BigInt)]
+    position: i64,
+    #[diesel(sql_type = Integer)]
+    id: i32,
+    #[diesel(sql_type = Bool)]
+    inserted: bool,
+}
+
+/// The rows of one table a call found or inserted.
+struct Found {
+    /// The id of each row asked for, in the order asked.
+    ids: Vec<i32>,
+    /// Rows this call inserted (each counted once, however often asked for).
+    inserted: usize,
+}
+
+/// The id of every row of `columns` in `table`, found or inserted (see the
+/// module's documentation).
+fn find_or_create(
+    conn: &mut PgConnection,
+    table: &CatalogTable,
+    columns: &[Column<'_>],
+) -> crate::Result<Found> {
+    let rows = rows(table, columns)?;
+    if rows == 0 {
+        return Ok(Found {
+            ids: Vec::new(),
+            inserted: 0,
+        });
+    }
+    let mut inserted = HashSet::new();
+    let mut missing = rows;
+    for _ in 0..ATTEMPTS {
+        let mut ids: Vec<Option<i32>> = vec![None; rows];
+        for row in query(table, columns, Answer::Ids).load::<FoundRow>(conn)? {
+            let slot = usize::try_from(row.position)
+                .ok()
+                .and_then(|position| position.checked_sub(1))
+                .and_then(|index| ids.get_mut(index))
+                .filter(|slot| slot.is_none())
+                .ok_or_else(|| {
+                    Error::unexpected_rows(format!(
+                        "{} answered position {} of {rows} rows asked for, or twice",
+                        table.name, row.position
+                    ))
+                })?;
+            *slot = Some(row.id);
+            if row.inserted {
+                inserted.insert(row.id);
+            }
+        }
+        let found: Option<Vec<i32>> = ids.iter().copied().collect();
+        match found {
+            Some(ids) => {
+                return Ok(Found {
+                    ids,
+                    inserted: inserted.len(),
+                })
+            }
+            None => missing = ids.iter().filter(|id| id.is_none()).count(),
+        }
+    }
+    Err(Error::lost_race(format!(
+        "{missing} of the {rows} rows of {} asked for were neither found nor inserted in \
+         {ATTEMPTS} attempts: other transactions kept inserting and deleting them",
+        table.name
+    )))
+}
+
+/// Inserts the rows of `columns` that `table` does not have yet; existing
+/// ones are left as they are. Nothing is read back, so a lost race needs no
+/// second look: the row exists either way.
+fn create_missing(
+    conn: &mut PgConnection,
+    table: &CatalogTable,
+    columns: &[Column<'_>],
+) -> crate::Result<()> {
+    if rows(table, columns)? > 0 {
+        query(table, columns, Answer::Nothing).execute(conn)?;
+    }
+    Ok(())
+}
 
 /// The catalog ids a task of a template needs.
 pub(super) struct Catalog {
@@ -109,234 +308,90 @@ pub(super) struct Catalog {
 
 /// The catalog of each template, in the order given. Existing catalog rows
 /// are not updated: step instances take their flags from the request's
-/// template, not from the stored membership.
+/// template, not from the stored membership, and a new task template or
+/// membership takes the description or flags of the first template given
+/// for it.
 pub(super) fn find_or_create_catalogs(
     conn: &mut PgConnection,
     templates: &[&TaskTemplate],
-) -> QueryResult<Vec<Catalog>> {
-    let namespaces: Vec<&str> = templates.iter().map(|t| t.namespace.as_str()).collect();
-    let namespace_ids = ids_by_name(
-        conn,
-        "tasker_task_namespaces",
-        "task_namespace_id",
-        &namespaces,
-    )?;
-    let systems: Vec<&str> = templates
-        .iter()
-        .flat_map(|t| t.steps.iter().map(|step| step.dependent_system.as_str()))
-        .collect();
-    let system_ids = ids_by_name(
-        conn,
-        "tasker_dependent_systems",
-        "dependent_system_id",
-        &systems,
-    )?;
+) -> crate::Result<Vec<Catalog>> {
+    // Every step of every template, in order.
+    let steps: Vec<&StepTemplate> = templates.iter().flat_map(|t| &t.steps).collect();
+    let of_templates = |field: fn(&TaskTemplate) -> &str| -> Vec<&str> {
+        templates.iter().map(|&template| field(template)).collect()
+    };
+    let of_steps = |field: fn(&StepTemplate) -> &str| -> Vec<&str> {
+        steps.iter().map(|&step| field(step)).collect()
+    };
 
-    let task_keys: Vec<(i32, &str, &str)> = templates
-        .iter()
-        .map(|t| {
-            (
-                namespace_ids[&t.namespace.as_str()],
-                t.name.as_str(),
-                t.version.as_str(),
-            )
-        })
-        .collect();
-    let task_ids = keyed_ids(conn, &task_keys, |conn| {
-        diesel::sql_query(NAMED_TASKS_SQL)
-            .bind::<Array<Integer>, _>(task_keys.iter().map(|k| k.0).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(task_keys.iter().map(|k| k.1).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(task_keys.iter().map(|k| k.2).collect::<Vec<_>>())
-            .bind::<Array<Nullable<Text>>, _>(
-                templates
-                    .iter()
-                    .map(|t| t.description.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .load::<NamedTaskRow>(conn)
-            .map(|rows| {
-                rows.into_iter()
-                    .map(|row| ((row.task_namespace_id, row.name, row.version), row.id))
-                    .collect()
-            })
-    })?;
-
-    let step_keys: Vec<(i32, &str)> = templates
-        .iter()
-        .flat_map(|t| t.steps.iter())
-        .map(|step| {
-            (
-                system_ids[&step.dependent_system.as_str()],
-                step.name.as_str(),
-            )
-        })
-        .collect();
-    let mut new_steps = 0;
-    let step_ids = keyed_ids(conn, &step_keys, |conn| {
-        diesel::sql_query(NAMED_STEPS_SQL)
-            .bind::<Array<Integer>, _>(step_keys.iter().map(|k| k.0).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(step_keys.iter().map(|k| k.1).collect::<Vec<_>>())
-            .load::<NamedStepRow>(conn)
-            .map(|rows| {
-                new_steps += rows.iter().filter(|row| row.inserted).count();
-                rows.into_iter()
-                    .map(|row| ((row.dependent_system_id, row.name), row.id))
-                    .collect()
-            })
-    })?;
+    let namespace_ids = find_or_create(
+        conn,
+        &NAMESPACES,
+        &[Column::Text(of_templates(|t| &t.namespace))],
+    )?
+    .ids;
+    let system_ids = find_or_create(
+        conn,
+        &DEPENDENT_SYSTEMS,
+        &[Column::Text(of_steps(|step| &step.dependent_system))],
+    )?
+    .ids;
+    let task_ids = find_or_create(
+        conn,
+        &NAMED_TASKS,
+        &[
+            Column::Integer(namespace_ids),
+            Column::Text(of_templates(|t| &t.name)),
+            Column::Text(of_templates(|t| &t.version)),
+            Column::NullableText(templates.iter().map(|t| t.description.as_deref()).collect()),
+        ],
+    )?
+    .ids;
+    let named_steps = find_or_create(
+        conn,
+        &NAMED_STEPS,
+        &[
+            Column::Integer(system_ids),
+            Column::Text(of_steps(|step| &step.name)),
+        ],
+    )?;
     // Every step row checks its step template by a foreign key, through a
     // plan each session keeps until the table's statistics change. Planned
     // while the table was small, it scans the table, which is no longer small
     // once a big template has been added: 10,000 new step templates made the
     // steps of their first task take seconds instead of a tenth of one.
     // ANALYZE counts this transaction's own rows and makes the plans anew.
-    if new_steps >= ANALYZE_AFTER_NEW_STEPS {
+    if named_steps.inserted >= ANALYZE_AFTER_NEW_STEPS {
         diesel::sql_query("ANALYZE tasker_named_steps").execute(conn)?;
     }
 
-    // `step_keys` lists the steps of all templates in order: split it back.
-    let mut step_keys = step_keys.iter();
-    let catalogs: Vec<Catalog> = templates
+    // `task_ids` and `named_steps.ids` answer every row asked for, in order:
+    // the task template of each step is its template's.
+    let step_task_ids: Vec<i32> = templates
         .iter()
-        .zip(&task_keys)
-        .map(|(template, task_key)| Catalog {
-            named_task_id: task_ids[task_key],
-            named_step_ids: step_keys
-                .by_ref()
-                .take(template.steps.len())
-                .map(|step_key| step_ids[step_key])
-                .collect(),
-        })
+        .zip(&task_ids)
+        .flat_map(|(template, &id)| std::iter::repeat_n(id, template.steps.len()))
         .collect();
+    create_missing(
+        conn,
+        &MEMBERSHIPS,
+        &[
+            Column::Integer(step_task_ids),
+            Column::Integer(named_steps.ids.clone()),
+            Column::Bool(steps.iter().map(|step| step.skippable).collect()),
+            Column::Bool(steps.iter().map(|step| step.retryable).collect()),
+            Column::Integer(steps.iter().map(|step| step.retry_limit).collect()),
+        ],
+    )?;
 
-    let memberships = || {
-        templates
-            .iter()
-            .zip(&catalogs)
-            .flat_map(|(template, catalog)| {
-                template
-                    .steps
-                    .iter()
-                    .zip(&catalog.named_step_ids)
-                    .map(|(step, &named_step_id)| (catalog.named_task_id, named_step_id, step))
-            })
-    };
-    diesel::sql_query(MEMBERSHIPS_SQL)
-        .bind::<Array<Integer>, _>(memberships().map(|m| m.0).collect::<Vec<_>>())
-        .bind::<Array<Integer>, _>(memberships().map(|m| m.1).collect::<Vec<_>>())
-        .bind::<Array<Bool>, _>(memberships().map(|m| m.2.skippable).collect::<Vec<_>>())
-        .bind::<Array<Bool>, _>(memberships().map(|m| m.2.retryable).collect::<Vec<_>>())
-        .bind::<Array<Integer>, _>(memberships().map(|m| m.2.retry_limit).collect::<Vec<_>>())
-        .execute(conn)?;
-    Ok(catalogs)
-}
-
-/// The ids of `names` in `table` (see [`by_name_sql`]), found or inserted.
-fn ids_by_name(
-    conn: &mut PgConnection,
-    table: &str,
-    id: &str,
-    names: &[&str],
-) -> QueryResult<Keyed<String>> {
-    let sql = by_name_sql(table, id);
-    keyed_ids(conn, names, |conn| {
-        diesel::sql_query(&sql)
-            .bind::<Array<Text>, _>(names)
-            .load::<NamedRow>(conn)
-            .map(|rows| rows.into_iter().map(|row| (row.name, row.id)).collect())
-    })
-}
-
-/// The id of every key of `wanted`, keyed by the owned form of the key, from
-/// `run` (a find-or-insert statement), run a second time when the first
-/// comes back short (see the module's documentation). The map answers every
-/// key of `wanted`, or this is an error.
-fn keyed_ids<K, O>(
-    conn: &mut PgConnection,
-    wanted: &[K],
-    mut run: impl FnMut(&mut PgConnection) -> QueryResult<HashMap<O, i32>>,
-) -> QueryResult<Keyed<O>>
-where
-    K: ToOwnedKey<Owned = O> + Ord,
-    O: Eq + Hash,
-{
-    let distinct: BTreeSet<&K> = wanted.iter().collect();
-    let mut ids = run(conn)?;
-    if ids.len() < distinct.len() {
-        ids = run(conn)?;
-    }
-    // Short twice: a catalog row was deleted while this ran.
-    if ids.len() < distinct.len() {
-        return Err(diesel::NotFound);
-    }
-    Ok(Keyed(ids))
-}
-
-/// Ids by owned key, indexed by the borrowed form of the key.
-struct Keyed<O>(HashMap<O, i32>);
-
-impl<K: ToOwnedKey<Owned = O>, O: Eq + Hash> std::ops::Index<&K> for Keyed<O> {
-    type Output = i32;
-    fn index(&self, key: &K) -> &i32 {
-        &self.0[&key.to_owned_key()]
-    }
-}
-
-/// A borrowed catalog key and its owned form, as rows return it.
-trait ToOwnedKey {
-    type Owned;
-    fn to_owned_key(&self) -> Self::Owned;
-}
-
-impl ToOwnedKey for &str {
-    type Owned = String;
-    fn to_owned_key(&self) -> String {
-        (*self).to_owned()
-    }
-}
-
-impl ToOwnedKey for (i32, &str) {
-    type Owned = (i32, String);
-    fn to_owned_key(&self) -> (i32, String) {
-        (self.0, self.1.to_owned())
-    }
-}
-
-impl ToOwnedKey for (i32, &str, &str) {
-    type Owned = (i32, String, String);
-    fn to_owned_key(&self) -> (i32, String, String) {
-        (self.0, self.1.to_owned(), self.2.to_owned())
-    }
-}
-
-#[derive(QueryableByName)]
-struct NamedRow {
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = Integer)]
-    id: i32,
-}
-
-#[derive(QueryableByName)]
-struct NamedTaskRow {
-    #[diesel(sql_type = Integer)]
-    task_namespace_id: i32,
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = Text)]
-    version: String,
-    #[diesel(sql_type = Integer)]
-    id: i32,
-}
-
-#[derive(QueryableByName)]
-struct NamedStepRow {
-    #[diesel(sql_type = Integer)]
-    dependent_system_id: i32,
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = Integer)]
-    id: i32,
-    #[diesel(sql_type = Bool)]
-    inserted: bool,
+    // Split the steps of all templates back into each template's.
+    let mut step_ids = named_steps.ids.into_iter();
+    Ok(templates
+        .iter()
+        .zip(task_ids)
+        .map(|(template, named_task_id)| Catalog {
+            named_task_id,
+            named_step_ids: step_ids.by_ref().take(template.steps.len()).collect(),
+        })
+        .collect())
 }

@@ -17,6 +17,10 @@ use crate::schema::{
     tasker_workflow_steps,
 };
 
+/// Statements that insert a batch's tasks before a race that keeps deleting
+/// tasks with its hashes is reported (see [`insert_new_tasks`]).
+const TASK_ATTEMPTS: usize = 3;
+
 /// The label of every edge [`create_task`] writes, as the Rails engine does.
 pub const EDGE_NAME: &str = "provides";
 
@@ -120,8 +124,9 @@ pub fn create_task(
         RequestError::Template(error) => Error::InvalidTemplate(error),
         error => Error::InvalidRequest { index: 0, error },
     })?;
-    let mut created = conn.transaction(|conn| create_in_transaction(conn, &[request]))?;
-    Ok(created.remove(0))
+    conn.transaction(|conn| create_in_transaction(conn, &[request]))?
+        .pop()
+        .ok_or_else(|| Error::unexpected_rows("no task for the request".to_owned()))
 }
 
 /// Creates many tasks, of one template or several, with their steps and
@@ -237,34 +242,19 @@ fn create_in_transaction(
     }
 
     let catalogs = find_or_create_catalogs(conn, &templates)?;
-    let new: Vec<NewRequest<'_, '_>> = outcomes
-        .iter()
-        .zip(requests.iter().zip(&hashes))
-        .filter_map(|(outcome, (&request, hash))| match outcome {
-            Outcome::New { template } => Some((request, hash.as_str(), &catalogs[*template])),
-            _ => None,
-        })
-        .collect();
-    let task_ids = insert_tasks(conn, &new)?;
-    // A hash another transaction committed while this one waited: its task.
-    let raced: Vec<String> = hashes
-        .iter()
-        .zip(&outcomes)
-        .filter(|(hash, outcome)| {
-            matches!(outcome, Outcome::New { .. }) && !task_ids.contains_key(hash.as_str())
-        })
-        .map(|(hash, _)| hash.clone())
-        .collect();
-    if !raced.is_empty() {
-        let mut found = find_tasks(conn, &raced)?;
-        for index in 0..requests.len() {
-            if let Some(stored) = found.remove(hashes[index].as_str()) {
-                outcomes[index] = Outcome::Existing {
-                    task_id: check_template(requests[index].template, stored)?.task_id,
-                };
-            }
+    let mut new: Vec<NewRequest<'_, '_>> = Vec::new();
+    for (outcome, (&request, hash)) in outcomes.iter().zip(requests.iter().zip(&hashes)) {
+        if let Outcome::New { template } = outcome {
+            let catalog = catalogs.get(*template).ok_or_else(|| {
+                Error::unexpected_rows(format!(
+                    "no catalog for template {}",
+                    request.template.key()
+                ))
+            })?;
+            new.push((request, hash.as_str(), catalog));
         }
     }
+    let task_ids = insert_new_tasks(conn, requests, &hashes, &mut outcomes, &new)?;
     let created: Vec<(&TaskRequest<'_>, i64, &Catalog)> = new
         .iter()
         .filter_map(|&(request, hash, catalog)| {
@@ -311,7 +301,12 @@ fn create_in_transaction(
         let (task_id, created) = match outcome {
             Outcome::New { .. } => match task_ids.get(&hashes[index]) {
                 Some(&task_id) => (task_id, true),
-                None => return Err(diesel::NotFound.into()),
+                None => {
+                    return Err(Error::unexpected_rows(format!(
+                        "no task was inserted or found for identity hash {}",
+                        hashes[index]
+                    )))
+                }
             },
             Outcome::Existing { task_id } => (*task_id, false),
             Outcome::SameAs(earlier) => (results[*earlier].task.task_id, false),
@@ -331,6 +326,59 @@ fn create_in_transaction(
     Ok(results)
 }
 
+/// Inserts the tasks of `new`; the ids of those inserted, by hash. A hash
+/// another transaction committed while this one waited for it is that
+/// transaction's task: its request's outcome becomes
+/// [`Outcome::Existing`]. One deleted again before this transaction could
+/// see it is inserted anew, up to [`TASK_ATTEMPTS`] statements in all, after
+/// which the race is reported ([`Error::lost_race`]).
+fn insert_new_tasks(
+    conn: &mut PgConnection,
+    requests: &[&TaskRequest<'_>],
+    hashes: &[String],
+    outcomes: &mut [Outcome],
+    new: &[NewRequest<'_, '_>],
+) -> crate::Result<HashMap<String, i64>> {
+    let mut task_ids = HashMap::new();
+    let mut pending: Vec<NewRequest<'_, '_>> = new.to_vec();
+    for _ in 0..TASK_ATTEMPTS {
+        if pending.is_empty() {
+            return Ok(task_ids);
+        }
+        task_ids.extend(insert_tasks(conn, &pending)?);
+        let raced: Vec<String> = pending
+            .iter()
+            .filter(|&&(_, hash, _)| !task_ids.contains_key(hash))
+            .map(|&(_, hash, _)| hash.to_owned())
+            .collect();
+        if raced.is_empty() {
+            return Ok(task_ids);
+        }
+        let mut found = find_tasks(conn, &raced)?;
+        pending.retain(|&(_, hash, _)| !task_ids.contains_key(hash) && !found.contains_key(hash));
+        // The first request with a found hash was to create it; later ones
+        // with the same hash are `SameAs` that one.
+        for ((request, hash), outcome) in requests.iter().zip(hashes).zip(outcomes.iter_mut()) {
+            if let Some(stored) = found.remove(hash.as_str()) {
+                *outcome = Outcome::Existing {
+                    task_id: check_template(request.template, stored)?.task_id,
+                };
+            }
+        }
+    }
+    if pending.is_empty() {
+        return Ok(task_ids);
+    }
+    Err(Error::lost_race(format!(
+        "the tasks of identity hashes {} were committed by other transactions and deleted          again each of {TASK_ATTEMPTS} times this one tried to insert them",
+        pending
+            .iter()
+            .map(|&(_, hash, _)| hash)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}
+
 #[derive(QueryableByName)]
 struct IdentityHash {
     #[diesel(sql_type = Text)]
@@ -342,7 +390,7 @@ struct IdentityHash {
 fn identity_hashes(
     conn: &mut PgConnection,
     requests: &[&TaskRequest<'_>],
-) -> QueryResult<Vec<String>> {
+) -> crate::Result<Vec<String>> {
     let defaulted: Vec<&TaskRequest<'_>> = requests
         .iter()
         .copied()
@@ -365,16 +413,26 @@ fn identity_hashes(
             .load::<IdentityHash>(conn)?
             .into_iter();
     }
-    requests
+    let answered = defaults.len();
+    let hashes = requests
         .iter()
         .map(|request| match &request.identity_hash {
             Some(hash) => Ok(hash.clone()),
-            None => defaults
-                .next()
-                .map(|row| row.identity_hash)
-                .ok_or(diesel::NotFound),
+            None => defaults.next().map(|row| row.identity_hash).ok_or_else(|| {
+                Error::unexpected_rows(format!(
+                    "{answered} default identity hashes for {} requests",
+                    defaulted.len()
+                ))
+            }),
         })
-        .collect()
+        .collect::<crate::Result<Vec<_>>>()?;
+    if defaults.len() > 0 {
+        return Err(Error::unexpected_rows(format!(
+            "{answered} default identity hashes for {} requests",
+            defaulted.len()
+        )));
+    }
+    Ok(hashes)
 }
 
 /// A stored task with the namespace, name and version of its template.
@@ -516,7 +574,7 @@ struct InsertedStep {
 fn insert_steps_and_edges(
     conn: &mut PgConnection,
     tasks: &[(&TaskRequest<'_>, i64, &Catalog)],
-) -> QueryResult<()> {
+) -> crate::Result<()> {
     let steps = || {
         tasks.iter().flat_map(|&(request, task_id, catalog)| {
             request
@@ -581,13 +639,19 @@ fn insert_steps_and_edges(
             .map(|(position, step)| (step.name.as_str(), position))
             .collect();
         // Validation made every name here one of the template's steps, and
-        // each step was inserted above.
+        // each step was inserted above: a step not answered is the database's
+        // answer not fitting the statement.
         let step_id_of = |name: &str| {
             positions
                 .get(name)
-                .and_then(|&position| step_ids.get(&(task_id, catalog.named_step_ids[position])))
+                .and_then(|&position| catalog.named_step_ids.get(position))
+                .and_then(|&named_step_id| step_ids.get(&(task_id, named_step_id)))
                 .copied()
-                .ok_or(diesel::NotFound)
+                .ok_or_else(|| {
+                    Error::unexpected_rows(format!(
+                        "step {name} of task {task_id} was not among the steps inserted"
+                    ))
+                })
         };
         for step in &template.steps {
             let child = step_id_of(&step.name)?;

@@ -10,6 +10,7 @@ mod support;
 
 mod adoption;
 mod claims;
+mod column_widths;
 mod concurrency;
 mod construction;
 mod dag_properties;

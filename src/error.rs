@@ -49,6 +49,7 @@ pub enum Error {
     InvalidRequest {
         /// The request's position in the batch.
         index: usize,
+        /// What is wrong with the request or its template.
         #[source]
         error: RequestError,
     },
@@ -68,38 +69,56 @@ pub enum Error {
 pub enum Refusal {
     /// No task has this id.
     #[error("task {task_id} does not exist")]
-    UnknownTask { task_id: i64 },
+    UnknownTask {
+        /// The task id that was asked for.
+        task_id: i64,
+    },
     /// No workflow step has this id.
     #[error("workflow step {workflow_step_id} does not exist")]
-    UnknownStep { workflow_step_id: i64 },
+    UnknownStep {
+        /// The workflow step id that was asked for.
+        workflow_step_id: i64,
+    },
     /// The step state machine does not allow the move.
     #[error("workflow step {workflow_step_id} ({name}) cannot move from {from} to {to}")]
     IllegalStepTransition {
+        /// The step that was asked to move.
         workflow_step_id: i64,
         /// The step's name (its step template's).
         name: String,
+        /// The step's current state (`Pending` when it has no transition).
         from: StepState,
+        /// The state the step was asked to move to.
         to: StepState,
     },
     /// The task state machine does not allow the move.
     #[error("task {task_id} cannot move from {from} to {to}")]
     IllegalTaskTransition {
+        /// The task that was asked to move.
         task_id: i64,
+        /// The task's current state (`Pending` when it has no transition).
         from: TaskState,
+        /// The state the task was asked to move to.
         to: TaskState,
     },
     /// Compare-and-swap: the step is not in the state the caller expected.
     #[error("workflow step {workflow_step_id} is {actual}, not the expected {expected}")]
     StepStateConflict {
+        /// The step that was asked to move.
         workflow_step_id: i64,
+        /// The state the caller expected the step to be in.
         expected: StepState,
+        /// The state the step is in.
         actual: StepState,
     },
     /// Compare-and-swap: the task is not in the state the caller expected.
     #[error("task {task_id} is {actual}, not the expected {expected}")]
     TaskStateConflict {
+        /// The task that was asked to move.
         task_id: i64,
+        /// The state the caller expected the task to be in.
         expected: TaskState,
+        /// The state the task is in.
         actual: TaskState,
     },
     /// The claim no longer holds: the step moved on (its lease was released,
@@ -108,7 +127,9 @@ pub enum Refusal {
         "claim {claim_id} on workflow step {workflow_step_id} is lost: the step is now {state}"
     )]
     ClaimLost {
+        /// The claimed step.
         workflow_step_id: i64,
+        /// The claim: the id of the `in_progress` transition it was handed out with.
         claim_id: i64,
         /// The step's current state.
         state: StepState,
@@ -116,15 +137,20 @@ pub enum Refusal {
     /// The claim's lease has passed; its result is no longer accepted.
     #[error("claim {claim_id} on workflow step {workflow_step_id} expired at {claimed_until}")]
     ClaimExpired {
+        /// The claimed step.
         workflow_step_id: i64,
+        /// The claim: the id of the `in_progress` transition it was handed out with.
         claim_id: i64,
+        /// When the claim's lease ended (UTC).
         claimed_until: NaiveDateTime,
     },
     /// The task's execution context says work remains, so it cannot be
     /// finalized.
     #[error("task {task_id} cannot be finalized: it is {execution_status}")]
     TaskNotFinished {
+        /// The task that was asked to be finalized.
         task_id: i64,
+        /// What the task's execution context says of it.
         execution_status: ExecutionStatus,
     },
     /// The task is already finished (`complete`, `resolved_manually` or
@@ -132,7 +158,12 @@ pub enum Refusal {
     /// cancel work that is done. An operator who means it moves the task with
     /// [`transition_task`](crate::workflow::transition_task).
     #[error("task {task_id} is already {state}: there is nothing left to cancel")]
-    TaskFinished { task_id: i64, state: TaskState },
+    TaskFinished {
+        /// The task that was asked to be cancelled.
+        task_id: i64,
+        /// The finished state the task is in.
+        state: TaskState,
+    },
     /// An argument the call cannot take: out of its range (a zero or
     /// 100-year lease, too many ids), or a value PostgreSQL cannot store (a
     /// NUL character in text or JSON). Nothing was written; the message says
@@ -143,6 +174,7 @@ pub enum Refusal {
         /// (`lease`, `metadata`, `reports[3].payload`, ...).
         #[serde(default)]
         argument: String,
+        /// What is wrong with the argument and what it may be.
         message: String,
     },
 }

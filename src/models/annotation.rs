@@ -15,10 +15,15 @@ use crate::schema::{tasker_annotation_types, tasker_task_annotations};
 #[diesel(table_name = tasker_annotation_types, primary_key(annotation_type_id))]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct AnnotationType {
+    /// The annotation type's id (primary key).
     pub annotation_type_id: i32,
+    /// The type's name, unique and at most 64 characters.
     pub name: String,
+    /// What annotations of this type hold, at most 255 characters; `None` when not given.
     pub description: Option<String>,
+    /// When the row was created (UTC).
     pub created_at: NaiveDateTime,
+    /// When the row was last updated (UTC); a trigger keeps it current.
     pub updated_at: NaiveDateTime,
 }
 
@@ -26,7 +31,9 @@ pub struct AnnotationType {
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_annotation_types)]
 pub struct NewAnnotationType<'a> {
+    /// The type's name, unique and at most 64 characters.
     pub name: &'a str,
+    /// What annotations of this type hold, at most 255 characters; `None` stores NULL.
     pub description: Option<&'a str>,
 }
 
@@ -47,11 +54,17 @@ pub struct NewAnnotationType<'a> {
 #[diesel(belongs_to(AnnotationType, foreign_key = annotation_type_id))]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct TaskAnnotation {
+    /// The annotation's id (primary key).
     pub task_annotation_id: i64,
+    /// The [`Task`] the annotation is attached to; it is deleted with the task.
     pub task_id: i64,
+    /// The [`AnnotationType`] of the annotation.
     pub annotation_type_id: i32,
+    /// The annotation's JSON content; `None` when NULL was stored.
     pub annotation: Option<Value>,
+    /// When the row was created (UTC).
     pub created_at: NaiveDateTime,
+    /// When the row was last updated (UTC); a trigger keeps it current.
     pub updated_at: NaiveDateTime,
 }
 
@@ -59,7 +72,10 @@ pub struct TaskAnnotation {
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_task_annotations)]
 pub struct NewTaskAnnotation<'a> {
+    /// The [`Task`] the annotation is attached to.
     pub task_id: i64,
+    /// The [`AnnotationType`] of the annotation.
     pub annotation_type_id: i32,
+    /// The annotation's JSON content; `None` stores NULL.
     pub annotation: Option<&'a Value>,
 }

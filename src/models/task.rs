@@ -24,20 +24,31 @@ use crate::schema::{tasker_task_step_counts, tasker_tasks};
 #[diesel(belongs_to(NamedTask, foreign_key = named_task_id))]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct Task {
+    /// The task's id (primary key).
     pub task_id: i64,
+    /// The task template ([`NamedTask`]) this task is a run of.
     pub named_task_id: i32,
     /// True once the task has been finalized as complete.
     pub complete: bool,
+    /// When the task was requested (UTC).
     pub requested_at: NaiveDateTime,
+    /// Who or what asked for the task (a user, a service); `None` when not given.
     pub initiator: Option<String>,
+    /// The system the request came from; `None` when not given.
     pub source_system: Option<String>,
+    /// Why the task was requested; `None` when not given.
     pub reason: Option<String>,
+    /// Names of the skippable steps this task bypasses, as a JSON array; `None` when not given.
     pub bypass_steps: Option<Value>,
+    /// The task's tags, as a JSON array of strings; `None` when not given.
     pub tags: Option<Value>,
+    /// The task's input: the JSON its steps work on.
     pub context: Option<Value>,
-    /// Unique: the same request always maps to the same task.
+    /// Hash of what makes a request unique, at most 128 characters; creating the same request twice finds the same task.
     pub identity_hash: String,
+    /// When the row was created (UTC).
     pub created_at: NaiveDateTime,
+    /// When the row was last updated (UTC); a trigger keeps it current.
     pub updated_at: NaiveDateTime,
 }
 
@@ -46,15 +57,25 @@ pub struct Task {
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_tasks)]
 pub struct NewTask<'a> {
+    /// The task template ([`NamedTask`]) the task is a run of.
     pub named_task_id: i32,
+    /// Hash of what makes the request unique, at most 128 characters; a second task with the same hash is refused.
     pub identity_hash: &'a str,
+    /// Whether the task is finalized as complete; `None` stores the default, false.
     pub complete: Option<bool>,
+    /// When the task was requested (UTC); `None` stores the default, the transaction's time in UTC.
     pub requested_at: Option<NaiveDateTime>,
+    /// Who or what asked for the task (at most 128 characters); `None` stores NULL.
     pub initiator: Option<&'a str>,
+    /// The system the request came from (at most 128 characters); `None` stores NULL.
     pub source_system: Option<&'a str>,
+    /// Why the task was requested (at most 128 characters); `None` stores NULL.
     pub reason: Option<&'a str>,
+    /// Names of the skippable steps the task bypasses, as a JSON array; `None` stores NULL.
     pub bypass_steps: Option<&'a Value>,
+    /// The task's tags, as a JSON array of strings; `None` stores NULL.
     pub tags: Option<&'a Value>,
+    /// The task's input, the JSON its steps work on; `None` stores NULL.
     pub context: Option<&'a Value>,
 }
 
@@ -101,17 +122,24 @@ impl<'a> NewTask<'a> {
 #[diesel(belongs_to(Task, foreign_key = task_id))]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct TaskStepCounts {
+    /// The [`Task`] whose steps are counted.
     pub task_id: i64,
+    /// Steps of the task, whatever their state.
     pub total_steps: i64,
+    /// Steps whose current state is `Pending`.
     pub pending_steps: i64,
+    /// Steps whose current state is `InProgress`.
     pub in_progress_steps: i64,
+    /// Steps whose current state is `Complete`.
     pub complete_steps: i64,
+    /// Steps whose current state is `ResolvedManually`.
     pub resolved_manually_steps: i64,
-    /// Steps in `Error`.
+    /// Steps whose current state is `Error`.
     pub failed_steps: i64,
+    /// Steps whose current state is `Cancelled`.
     pub cancelled_steps: i64,
     /// Steps in `Error` that are not retry eligible.
     pub permanently_failed_steps: i64,
-    /// Steps ready for execution but for their backoff.
+    /// Steps that are runnable: ready for execution except for their time gate (`next_retry_at`).
     pub runnable_steps: i64,
 }

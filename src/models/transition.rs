@@ -27,17 +27,23 @@ use crate::schema::{tasker_task_transitions, tasker_workflow_step_transitions};
 #[diesel(belongs_to(WorkflowStep, foreign_key = workflow_step_id))]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct WorkflowStepTransition {
+    /// The transition's id (primary key); for a move to `InProgress` by a claim, the claim's id.
     pub id: i64,
+    /// The state the step entered.
     pub to_state: StepState,
-    /// `None` for the step's first transition.
+    /// The state the step left; `None` for its first transition.
     pub from_state: Option<StepState>,
+    /// Context of the transition (error details, worker, ...) as a JSON object; `None` only when NULL was stored.
     pub metadata: Option<Value>,
-    /// Position in the step's history, increasing.
+    /// Position of the transition in the step's history, increasing and unique per step.
     pub sort_key: i32,
-    /// True for the step's latest transition only.
+    /// True for the step's latest transition only, the one that holds its current state.
     pub most_recent: bool,
+    /// The [`WorkflowStep`] whose state changed.
     pub workflow_step_id: i64,
+    /// When the transition was recorded (UTC).
     pub created_at: NaiveDateTime,
+    /// When the row was last updated (UTC); a trigger keeps it current.
     pub updated_at: NaiveDateTime,
 }
 
@@ -46,11 +52,17 @@ pub struct WorkflowStepTransition {
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_workflow_step_transitions)]
 pub struct NewWorkflowStepTransition<'a> {
+    /// The [`WorkflowStep`] whose state changes.
     pub workflow_step_id: i64,
+    /// The state the step enters.
     pub to_state: StepState,
+    /// The state the step leaves; `None` for its first transition.
     pub from_state: Option<StepState>,
+    /// Context of the transition, a JSON object; `None` stores the default, an empty object.
     pub metadata: Option<&'a Value>,
+    /// Position in the step's history: above every earlier transition's, unique per step.
     pub sort_key: i32,
+    /// True for the step's new current state; at most one row per step may be true.
     pub most_recent: bool,
 }
 
@@ -71,17 +83,23 @@ pub struct NewWorkflowStepTransition<'a> {
 #[diesel(belongs_to(Task, foreign_key = task_id))]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct TaskTransition {
+    /// The transition's id (primary key).
     pub id: i64,
+    /// The state the task entered.
     pub to_state: TaskState,
-    /// `None` for the task's first transition.
+    /// The state the task left; `None` for its first transition.
     pub from_state: Option<TaskState>,
+    /// Context of the transition as a JSON object; `None` only when NULL was stored.
     pub metadata: Option<Value>,
-    /// Position in the task's history, increasing.
+    /// Position of the transition in the task's history, increasing and unique per task.
     pub sort_key: i32,
-    /// True for the task's latest transition only.
+    /// True for the task's latest transition only, the one that holds its current state.
     pub most_recent: bool,
+    /// The [`Task`] whose state changed.
     pub task_id: i64,
+    /// When the transition was recorded (UTC).
     pub created_at: NaiveDateTime,
+    /// When the row was last updated (UTC); a trigger keeps it current.
     pub updated_at: NaiveDateTime,
 }
 
@@ -90,10 +108,16 @@ pub struct TaskTransition {
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_task_transitions)]
 pub struct NewTaskTransition<'a> {
+    /// The [`Task`] whose state changes.
     pub task_id: i64,
+    /// The state the task enters.
     pub to_state: TaskState,
+    /// The state the task leaves; `None` for its first transition.
     pub from_state: Option<TaskState>,
+    /// Context of the transition, a JSON object; `None` stores the default, an empty object.
     pub metadata: Option<&'a Value>,
+    /// Position in the task's history: above every earlier transition's, unique per task.
     pub sort_key: i32,
+    /// True for the task's new current state; at most one row per task may be true.
     pub most_recent: bool,
 }

@@ -28,43 +28,53 @@ use crate::schema::{tasker_workflow_step_edges, tasker_workflow_steps};
 #[diesel(belongs_to(NamedStep, foreign_key = named_step_id))]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct WorkflowStep {
+    /// The step's id (primary key).
     pub workflow_step_id: i64,
+    /// The [`Task`] this step belongs to; a step cannot move to another task.
     pub task_id: i64,
+    /// The step template ([`NamedStep`]) this step is an instance of, at most one step per template in a task.
     pub named_step_id: i32,
-    /// False: a first attempt but no retry.
+    /// False: the step gets its first attempt but no retry after a failure.
     pub retryable: bool,
     /// Attempts allowed in all; `None` is read as 3.
     pub retry_limit: Option<i32>,
     /// True while a worker executes the step.
     pub in_process: bool,
-    /// True once the step has finished for good.
+    /// True once the step has finished for good; a processed step never runs again.
     pub processed: bool,
+    /// When the step was processed (UTC); `None` until it is.
     pub processed_at: Option<NaiveDateTime>,
     /// Executions started; `None` is read as 0.
     pub attempts: Option<i32>,
+    /// When the latest execution started (UTC); `None` until the first attempt.
     pub last_attempted_at: Option<NaiveDateTime>,
-    /// Delay requested by the step, counted from `last_attempted_at`.
+    /// Delay in seconds the step asked for (for example from Retry-After), counted from `last_attempted_at`; `None` when it asked for none.
     pub backoff_request_seconds: Option<i32>,
+    /// Step-specific input, beside the task's context; `None` when it has none.
     pub inputs: Option<Value>,
+    /// What the step produced; `None` until it has produced something.
     pub results: Option<Value>,
+    /// Whether the task may bypass this step.
     pub skippable: bool,
+    /// When the row was created (UTC).
     pub created_at: NaiveDateTime,
+    /// When the row was last updated (UTC); a trigger keeps it current.
     pub updated_at: NaiveDateTime,
-    /// While a worker's claim holds: until when (`None`: no claim or no lease).
+    /// While a worker holds a claim on the step: until when the claim holds (UTC); `None` with no claim, or for a step moved to `InProgress` without a lease.
     pub claimed_until: Option<NaiveDateTime>,
     /// Maintained: the state of the most recent transition, else `Pending`.
     pub current_state: StepState,
-    /// Maintained: when the most recent transition is to `Error`, its time.
+    /// Maintained: the time of the most recent transition when it is to `Error` (UTC), else `None`.
     pub last_failure_at: Option<NaiveDateTime>,
-    /// Maintained: the number of parent steps.
+    /// Maintained: the number of parent steps; -1 for a step of an adopted database until the readiness backfill counts its parents.
     pub total_parents: i32,
     /// Maintained: parents that are `Complete` or `ResolvedManually`.
     pub completed_parents: i32,
-    /// Generated: attempts left under the retry rules.
+    /// Generated: attempts (`None`: 0) are below `retry_limit` (`None`: 3), and a step that is not retryable has had none yet.
     pub retry_eligible: bool,
-    /// Generated: the earliest time the step may run again, if gated.
+    /// Generated: the earliest time the step may run again (UTC); `None` when no time gate applies.
     pub next_retry_at: Option<NaiveDateTime>,
-    /// Generated: ready for execution except for the time gate.
+    /// Generated: ready for execution except for the time gate; the step is ready when `next_retry_at` is also `None` or past.
     pub runnable: bool,
 }
 
@@ -74,18 +84,31 @@ pub struct WorkflowStep {
 #[derive(Debug, Clone, Copy, Default, Insertable, Serialize)]
 #[diesel(table_name = tasker_workflow_steps)]
 pub struct NewWorkflowStep<'a> {
+    /// The [`Task`] the step belongs to.
     pub task_id: i64,
+    /// The step template ([`NamedStep`]) the step is an instance of, at most once per task.
     pub named_step_id: i32,
+    /// False: the step gets its first attempt but no retry; `None` stores the default, true.
     pub retryable: Option<bool>,
+    /// Attempts allowed in all (at least 0); `None` stores the default, 3.
     pub retry_limit: Option<i32>,
+    /// Whether a worker is executing the step; `None` stores the default, false.
     pub in_process: Option<bool>,
+    /// Whether the step has finished for good; `None` stores the default, false.
     pub processed: Option<bool>,
+    /// When the step was processed (UTC); `None` stores NULL.
     pub processed_at: Option<NaiveDateTime>,
+    /// Executions started so far (at least 0); `None` stores the default, 0.
     pub attempts: Option<i32>,
+    /// When the latest execution started (UTC); `None` stores NULL.
     pub last_attempted_at: Option<NaiveDateTime>,
+    /// Delay in seconds requested before the next attempt, counted from `last_attempted_at`; `None` stores NULL (no delay).
     pub backoff_request_seconds: Option<i32>,
+    /// Step-specific input, beside the task's context; `None` stores NULL.
     pub inputs: Option<&'a Value>,
+    /// What the step produced; `None` stores NULL.
     pub results: Option<&'a Value>,
+    /// Whether the task may bypass this step; `None` stores the default, false.
     pub skippable: Option<bool>,
 }
 
@@ -98,13 +121,17 @@ pub struct NewWorkflowStep<'a> {
 #[diesel(table_name = tasker_workflow_step_edges)]
 #[diesel(check_for_backend(diesel::pg::Pg))]
 pub struct WorkflowStepEdge {
+    /// The edge's id (primary key).
     pub id: i64,
-    /// The parent step.
+    /// The parent: the step that must finish first.
     pub from_step_id: i64,
-    /// The child step.
+    /// The child: the step that waits for the parent.
     pub to_step_id: i64,
+    /// Label of the dependency (for example `provides`), at most 128 characters.
     pub name: String,
+    /// When the row was created (UTC).
     pub created_at: NaiveDateTime,
+    /// When the row was last updated (UTC); a trigger keeps it current.
     pub updated_at: NaiveDateTime,
 }
 
@@ -112,7 +139,10 @@ pub struct WorkflowStepEdge {
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_workflow_step_edges)]
 pub struct NewWorkflowStepEdge<'a> {
+    /// The parent: the step that must finish first.
     pub from_step_id: i64,
+    /// The child: the step that waits for the parent, in the same task.
     pub to_step_id: i64,
+    /// Label of the dependency (for example `provides`), at most 128 characters.
     pub name: &'a str,
 }

@@ -218,6 +218,14 @@ impl ClaimedStep {
 
 /// A worker's claim on a step. It holds while the step's `in_progress`
 /// transition `claim_id` is its most recent one and the lease has not passed.
+///
+/// Take it from [`ClaimedStep::claim`] (or deserialize the one a worker sent
+/// back) rather than building it: the two ids are both `i64`, and this type is
+/// what keeps them from being passed the wrong way round to
+/// [`complete_step`], [`fail_step`], [`extend_step_claim`] and the reports.
+/// Ids elsewhere stay plain `i64`, as the models' columns are: a call takes at
+/// most one bare id, so an id newtype would be a conversion at every query
+/// without a mistake for it to prevent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Claim {
     pub workflow_step_id: i64,

@@ -1,8 +1,9 @@
 //! Rebuilds when a migration changes, and exposes a digest of the migrations
 //! (`TASKER_MIGRATIONS_DIGEST`) so the test harness can tell a template
 //! database migrated by an older set of files from a current one. Writes the
-//! README's Rust examples to `OUT_DIR/readme_<n>.rs`, for the test that runs
-//! each of them (`tests/readme.rs`).
+//! Rust examples of the README and of the manual (`src/guide/`) to
+//! `OUT_DIR/readme_<n>.rs`, for the test that runs each of them
+//! (`tests/it/readme.rs`).
 
 use std::fs;
 use std::path::Path;
@@ -39,10 +40,24 @@ fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
 
 /// Each ```` ```rust ```` block of the README, in order, as a file of its own.
 fn readme_snippets() {
-    println!("cargo:rerun-if-changed=README.md");
     let out_dir = std::env::var("OUT_DIR").expect("OUT_DIR is set for build scripts");
-    // A package without its README (not one built from this repository) has no examples.
-    let readme = fs::read_to_string("README.md").unwrap_or_default();
+    // The README, then the manual's pages in the order src/guide.rs lists them.
+    let pages = [
+        "README.md",
+        "src/guide/readiness.md",
+        "src/guide/workflows.md",
+        "src/guide/scaling.md",
+        "src/guide/semantics.md",
+        "src/guide/rails.md",
+        "src/guide/schema.md",
+    ];
+    let mut readme = String::new();
+    for page in pages {
+        println!("cargo:rerun-if-changed={page}");
+        // A package built without its README has only the manual's examples.
+        readme.push_str(&fs::read_to_string(page).unwrap_or_default());
+        readme.push('\n');
+    }
     let mut snippets: Vec<String> = Vec::new();
     let mut current: Option<String> = None;
     for line in readme.lines() {

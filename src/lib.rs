@@ -1,3 +1,11 @@
+// The README's links to the manual point at its files on GitHub; these
+// definitions come first, so on docs.rs the same links go to the modules.
+#![doc = "[guide-readiness]: crate::guide::readiness"]
+#![doc = "[guide-workflows]: crate::guide::workflows"]
+#![doc = "[guide-scaling]: crate::guide::scaling"]
+#![doc = "[guide-semantics]: crate::guide::semantics"]
+#![doc = "[guide-rails]: crate::guide::rails"]
+#![doc = "[guide-schema]: crate::guide::schema"]
 #![doc = include_str!("../README.md")]
 
 pub mod adoption;
@@ -6,6 +14,7 @@ mod call;
 pub mod enums;
 pub mod error;
 pub mod functions;
+pub mod guide;
 mod jsonb;
 pub mod migrations;
 pub mod models;

@@ -1,5 +1,5 @@
-//! Every Rust example of the README, run against a real database: the build
-//! script writes each ```` ```rust ```` block to a file of its own, and each
+//! Every Rust example of the README and of the manual (`src/guide/`), run
+//! against a real database: the build script writes each ```` ```rust ```` block to a file of its own, and each
 //! module here includes one, with a test that calls it as a reader of the
 //! README would.
 

@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 pub mod adoption;
 mod arguments;
@@ -12,6 +13,7 @@ pub mod models;
 pub mod pool;
 pub mod readiness;
 pub mod replicas;
+/// The Diesel `table!` and SQL type definitions of the Tasker tables, generated from the migrations by `diesel print-schema`.
 #[rustfmt::skip]
 pub mod schema;
 #[cfg(feature = "testing")]

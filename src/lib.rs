@@ -7,6 +7,7 @@
 #![doc = "[guide-rails]: crate::guide::rails"]
 #![doc = "[guide-schema]: crate::guide::schema"]
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 
 pub mod adoption;
 mod arguments;
@@ -21,6 +22,7 @@ pub mod models;
 pub mod pool;
 pub mod readiness;
 pub mod replicas;
+/// The Diesel `table!` and SQL type definitions of the Tasker tables, generated from the migrations by `diesel print-schema`.
 #[rustfmt::skip]
 pub mod schema;
 #[cfg(feature = "testing")]

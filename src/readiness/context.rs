@@ -15,17 +15,22 @@ use crate::{arguments, Result};
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
 #[diesel(check_for_backend(Pg))]
 pub struct TaskExecutionContext {
+    /// The task (`tasker_tasks.task_id`).
     #[diesel(sql_type = BigInt)]
     pub task_id: i64,
+    /// The task template (`tasker_named_tasks`) the task is an instance of.
     #[diesel(sql_type = Integer)]
     pub named_task_id: i32,
     /// The task's own state; `Pending` when it has no transition.
     #[diesel(sql_type = Text)]
     pub status: TaskState,
+    /// Every step of the task.
     #[diesel(sql_type = BigInt)]
     pub total_steps: i64,
+    /// Steps in `Pending` (including those without a transition).
     #[diesel(sql_type = BigInt)]
     pub pending_steps: i64,
+    /// Steps in `InProgress`.
     #[diesel(sql_type = BigInt)]
     pub in_progress_steps: i64,
     /// Steps `Complete` or `ResolvedManually`.
@@ -37,13 +42,16 @@ pub struct TaskExecutionContext {
     /// Steps ready for execution now.
     #[diesel(sql_type = BigInt)]
     pub ready_steps: i64,
+    /// What the task is doing: the first of ready steps, steps in progress, a step failed for good, every step complete or cancelled, else waiting for dependencies.
     #[diesel(sql_type = Text)]
     pub execution_status: ExecutionStatus,
+    /// What the orchestrator should do next, one action per `execution_status`.
     #[diesel(sql_type = Text)]
     pub recommended_action: RecommendedAction,
     /// `round(100 * completed / total, 2)`, exact; 0 for a task without steps.
     #[diesel(sql_type = Numeric)]
     pub completion_percentage: BigDecimal,
+    /// `Healthy` with no step in `Error`, `Blocked` when a step failed for good and none is ready, else `Recovering`.
     #[diesel(sql_type = Text)]
     pub health_status: HealthStatus,
 }

@@ -13,32 +13,46 @@ use crate::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
 #[diesel(check_for_backend(Pg))]
 pub struct SystemHealthCounts {
+    /// Every task.
     #[diesel(sql_type = BigInt)]
     pub total_tasks: i64,
+    /// Tasks whose current state is `Pending`, or that have no transition.
     #[diesel(sql_type = BigInt)]
     pub pending_tasks: i64,
+    /// Tasks whose current state is `InProgress`.
     #[diesel(sql_type = BigInt)]
     pub in_progress_tasks: i64,
+    /// Tasks whose current state is `Complete`.
     #[diesel(sql_type = BigInt)]
     pub complete_tasks: i64,
+    /// Tasks whose current state is `Error`.
     #[diesel(sql_type = BigInt)]
     pub error_tasks: i64,
+    /// Tasks whose current state is `Cancelled`.
     #[diesel(sql_type = BigInt)]
     pub cancelled_tasks: i64,
+    /// Tasks whose current state is `ResolvedManually`.
     #[diesel(sql_type = BigInt)]
     pub resolved_manually_tasks: i64,
+    /// Every step of every task.
     #[diesel(sql_type = BigInt)]
     pub total_steps: i64,
+    /// Steps in `Pending` (including those without a transition).
     #[diesel(sql_type = BigInt)]
     pub pending_steps: i64,
+    /// Steps in `InProgress`.
     #[diesel(sql_type = BigInt)]
     pub in_progress_steps: i64,
+    /// Steps in `Complete`.
     #[diesel(sql_type = BigInt)]
     pub complete_steps: i64,
+    /// Steps in `Error`, retryable or not.
     #[diesel(sql_type = BigInt)]
     pub error_steps: i64,
+    /// Steps in `Cancelled`.
     #[diesel(sql_type = BigInt)]
     pub cancelled_steps: i64,
+    /// Steps in `ResolvedManually`.
     #[diesel(sql_type = BigInt)]
     pub resolved_manually_steps: i64,
     /// Steps in `Error` that are still retry eligible.

@@ -12,6 +12,7 @@ use crate::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
 #[diesel(check_for_backend(Pg))]
 pub struct DependencyLevel {
+    /// The step (`tasker_workflow_steps.workflow_step_id`).
     #[diesel(sql_type = BigInt)]
     pub workflow_step_id: i64,
     /// 0 for a root.

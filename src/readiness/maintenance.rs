@@ -19,6 +19,7 @@ use crate::{arguments, Result};
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
 #[diesel(check_for_backend(Pg))]
 pub struct ReadinessDrift {
+    /// The task whose maintained readiness disagrees.
     #[diesel(sql_type = BigInt)]
     pub task_id: i64,
     /// The step whose column is wrong; `None` for the task's counts row.
@@ -27,8 +28,10 @@ pub struct ReadinessDrift {
     /// The column (or `counts_row` when the task has no counts row).
     #[diesel(sql_type = Text)]
     pub field: String,
+    /// The value as maintained, in PostgreSQL's text form; `None` for NULL (a count of a task without a counts row, say).
     #[diesel(sql_type = Nullable<Text>)]
     pub maintained: Option<String>,
+    /// The value recounted from the transitions, edges and steps, in PostgreSQL's text form; `None` for NULL.
     #[diesel(sql_type = Nullable<Text>)]
     pub recomputed: Option<String>,
 }

@@ -15,10 +15,13 @@ use crate::enums::StepState;
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName, Serialize, Deserialize)]
 #[diesel(check_for_backend(Pg))]
 pub struct StepReadinessStatus {
+    /// The step (`tasker_workflow_steps.workflow_step_id`).
     #[diesel(sql_type = BigInt)]
     pub workflow_step_id: i64,
+    /// The task the step belongs to.
     #[diesel(sql_type = BigInt)]
     pub task_id: i64,
+    /// The step template (`tasker_named_steps`) the step is an instance of.
     #[diesel(sql_type = Integer)]
     pub named_step_id: i32,
     /// The step template's name.
@@ -43,6 +46,7 @@ pub struct StepReadinessStatus {
     /// The later of the requested and the failure backoff (UTC), if any applies.
     #[diesel(sql_type = Nullable<Timestamp>)]
     pub next_retry_at: Option<NaiveDateTime>,
+    /// The step's parents (the edges to it); -1 for a step of an adopted database that the readiness backfill has not reached yet.
     #[diesel(sql_type = Integer)]
     pub total_parents: i32,
     /// Parents that are `Complete` or `ResolvedManually`.
@@ -54,8 +58,10 @@ pub struct StepReadinessStatus {
     /// Stored retry limit, NULL read as 3.
     #[diesel(sql_type = Integer)]
     pub retry_limit: i32,
+    /// Delay the step asked for (for example from a `Retry-After`), in seconds from `last_attempted_at`; `None` when it asked for none.
     #[diesel(sql_type = Nullable<Integer>)]
     pub backoff_request_seconds: Option<i32>,
+    /// When the latest execution started (UTC); `None` before the first.
     #[diesel(sql_type = Nullable<Timestamp>)]
     pub last_attempted_at: Option<NaiveDateTime>,
 }

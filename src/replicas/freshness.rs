@@ -108,6 +108,7 @@ impl Freshness {
 pub struct SkippedStandby {
     /// Its position in the order the standbys were given.
     pub standby: usize,
+    /// Why it did not serve the read.
     pub reason: SkipReason,
 }
 
@@ -121,19 +122,29 @@ pub enum SkipReason {
     /// It failed or was found promoted recently; it is not tried again
     /// before `until`.
     #[error("skipped after a recent failure")]
-    BackingOff { until: Instant },
+    BackingOff {
+        /// When the standby may be tried again.
+        until: Instant,
+    },
     /// `pg_is_in_recovery()` is false: a promoted standby or a primary.
     #[error("not a standby (not in recovery)")]
     NotInRecovery,
     /// Its replay lag is unknown or above the bound.
     #[error("replay lag {} above the allowed {max_lag:?}", describe(.lag.map(|lag| format!("{lag:?}"))))]
     TooFarBehind {
+        /// The standby's replay lag; `None` when unknown.
         lag: Option<Duration>,
+        /// The largest replay lag the read allows.
         max_lag: Duration,
     },
     /// It has not replayed the WAL position the read asked for.
     #[error("replayed up to {}, not yet {wanted}", describe(.replayed.map(|lsn| lsn.to_string())))]
-    NotReplayed { replayed: Option<Lsn>, wanted: Lsn },
+    NotReplayed {
+        /// The WAL position the standby has replayed; `None` when unknown.
+        replayed: Option<Lsn>,
+        /// The WAL position the read must see.
+        wanted: Lsn,
+    },
 }
 
 impl SkipReason {

@@ -12,6 +12,7 @@ use crate::pool::PooledPgConnection;
 /// The node that serves a read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Node {
+    /// The primary.
     Primary,
     /// The standby at this position in the order the standbys were given.
     Standby(usize),

@@ -24,11 +24,6 @@ const TEMPLATE_LOCK_KEY: i64 = 0x7461_736b_6574;
 
 static TEMPLATE_READY: OnceLock<std::result::Result<(), String>> = OnceLock::new();
 
-/// A freshly migrated database that exists until this value is dropped.
-///
-/// Created on the server chosen by [`server_url`](super::server_url), as a
-/// clone of a template database migrated once, so tests can run in parallel,
-/// each with as many connections as it likes.
 /// The tables, sequences, foreign keys, a sample of the indexes, and the SQL
 /// functions and view (by name and argument types only) of a database that the
 /// Rails Tasker engine's schema created: the starting point of an adoption.
@@ -51,6 +46,11 @@ pub fn fill_rails_engine_database(conn: &mut PgConnection, tasks: i64) -> Result
     Ok(())
 }
 
+/// A freshly migrated database that exists until this value is dropped.
+///
+/// Created on the server chosen by [`server_url`](super::server_url), as a
+/// clone of a template database migrated once, so tests can run in parallel,
+/// each with as many connections as it likes.
 #[derive(Debug)]
 pub struct TestDatabase {
     name: String,

@@ -191,8 +191,11 @@ struct ClaimBinds<'a> {
 /// (whose inputs are decoded row by row, see [`claim_ready_steps`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimedStep {
+    /// The claimed step.
     pub workflow_step_id: i64,
+    /// The task the step belongs to.
     pub task_id: i64,
+    /// The step template (`tasker_named_steps`) the step is an instance of.
     pub named_step_id: i32,
     /// The step's name (its step template's): what the worker should run.
     pub name: String,
@@ -228,7 +231,9 @@ impl ClaimedStep {
 /// without a mistake for it to prevent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Claim {
+    /// The claimed step.
     pub workflow_step_id: i64,
+    /// The id of the step's `in_progress` transition that the claim made.
     pub claim_id: i64,
 }
 
@@ -457,15 +462,21 @@ pub fn release_expired_claims(conn: &mut PgConnection, max_steps: Option<u32>) -
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum StepOutcome<'a> {
     /// The step succeeded: record `results` and complete it.
-    Complete { results: &'a Value },
+    Complete {
+        /// What the step produced, stored as its `results`.
+        results: &'a Value,
+    },
     /// The step failed: move it to `error` with `{"error": error,
     /// "error_message": ...}` (see [`fail_step`]) as
     /// metadata; `retry_after` as for [`fail_step`]. A `permanent` failure
     /// is not retried: the step is marked not retryable, so its task is
     /// blocked unless someone resolves the step.
     Fail {
+        /// The error, stored as `error` in the transition's metadata.
         error: &'a Value,
+        /// The earliest the next attempt may start, counted from the start of this one; `None` leaves only the failure backoff.
         retry_after: Option<Duration>,
+        /// True: the step is marked not retryable and is not retried.
         permanent: bool,
     },
     /// The worker gives the step back unfinished (it is shutting down, say):
@@ -473,13 +484,18 @@ pub enum StepOutcome<'a> {
     /// "released": true}`
     /// and on to `pending`, its attempt is not counted, and another worker
     /// may claim it at once.
-    Release { reason: &'a Value },
+    Release {
+        /// Why the step is given back, stored as `error` in the transition's metadata.
+        reason: &'a Value,
+    },
 }
 
 /// A result to report under a claim (see [`report_steps`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport<'a> {
+    /// The claim the result is reported under.
     pub claim: Claim,
+    /// What the worker reports.
     pub outcome: StepOutcome<'a>,
 }
 
@@ -532,7 +548,9 @@ impl<'a> StepReport<'a> {
 /// are written all the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportedStep {
+    /// The claim the result was reported under.
     pub claim: Claim,
+    /// `Ok` with the id of the transition written, or why the result was refused.
     pub result: std::result::Result<i64, Refusal>,
 }
 

@@ -84,6 +84,7 @@ const BYPASS_STEPS_SQL: &str = "\
 /// A task with its steps, as [`create_task`] found or created it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedTask {
+    /// The task row.
     pub task: Task,
     /// Ordered by `workflow_step_id`.
     pub steps: Vec<CreatedStep>,
@@ -95,7 +96,9 @@ pub struct CreatedTask {
 /// A step of a [`CreatedTask`] with its step template's name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreatedStep {
+    /// The step template's name.
     pub name: String,
+    /// The step row.
     pub step: WorkflowStep,
 }
 

@@ -60,6 +60,7 @@ pub fn finalize_task(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
 #[diesel(check_for_backend(Pg))]
 pub struct FinalizedTask {
+    /// The finalized task.
     #[diesel(sql_type = BigInt)]
     pub task_id: i64,
     /// `Complete`, or `Error` for a task blocked by failures.

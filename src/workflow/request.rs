@@ -24,8 +24,11 @@ pub struct TaskRequest<'a> {
     pub template: &'a TaskTemplate,
     /// The task's input; `{}` unless set.
     pub context: Value,
+    /// Who or what asks for the task (a user, a service), at most 128 characters.
     pub initiator: Option<String>,
+    /// The system the request comes from, at most 128 characters.
     pub source_system: Option<String>,
+    /// Why the task is requested, at most 128 characters.
     pub reason: Option<String>,
     /// Stored as a JSON array of strings.
     pub tags: Option<Vec<String>>,
@@ -251,32 +254,48 @@ pub enum RequestError {
     Template(#[from] TemplateError),
     /// An empty (or whitespace-only) identity hash.
     #[error("{field} is blank")]
-    Blank { field: RequestField },
+    Blank {
+        /// The blank field.
+        field: RequestField,
+    },
     /// A value longer than its column.
     #[error(
         "{field} {value:?} has {} characters, at most {max_length} fit",
         value.chars().count()
     )]
     TooLong {
+        /// The field that is too long.
         field: RequestField,
+        /// The value given.
         value: String,
+        /// The most characters its column holds.
         max_length: usize,
     },
     /// A value PostgreSQL cannot store: text or JSON with a NUL character,
     /// or a timestamp outside PostgreSQL's range.
     #[error("{field} {problem}")]
     Unstorable {
+        /// The field holding the value.
         field: RequestField,
         /// What is wrong, and where in a JSON value.
         problem: String,
     },
     /// Inputs for a step the template does not have.
     #[error("inputs given for {step}, which is not a step of the template")]
-    UnknownStepInput { step: String },
+    UnknownStepInput {
+        /// The step name the inputs were given for.
+        step: String,
+    },
     /// A bypassed step the template does not have.
     #[error("bypass of {step}, which is not a step of the template")]
-    UnknownBypassStep { step: String },
+    UnknownBypassStep {
+        /// The step name given in `bypass_steps`.
+        step: String,
+    },
     /// A bypassed step that is not skippable.
     #[error("step {step} is not skippable and cannot be bypassed")]
-    NotSkippable { step: String },
+    NotSkippable {
+        /// The step's name.
+        step: String,
+    },
 }

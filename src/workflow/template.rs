@@ -27,9 +27,13 @@ pub const MAX_DEPENDENT_SYSTEM_LENGTH: usize = 64;
 /// (`tasker_named_tasks`); see [`create_task`](super::create_task).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskTemplate {
+    /// The namespace (`tasker_task_namespaces.name`) the template belongs to, at most 64 characters.
     pub namespace: String,
+    /// The template's name within its namespace, at most 64 characters.
     pub name: String,
+    /// The template version (a semantic version string), at most 16 characters.
     pub version: String,
+    /// What the template is for, at most 255 characters; `None` for none.
     #[serde(default)]
     pub description: Option<String>,
     /// In the order the steps are created (and errors are reported).
@@ -385,7 +389,10 @@ pub enum TemplateError {
     },
     /// An empty (or whitespace-only) namespace, task name or version.
     #[error("{field} is blank")]
-    Blank { field: TemplateField },
+    Blank {
+        /// The blank field.
+        field: TemplateField,
+    },
     /// A step with an empty (or whitespace-only) name.
     #[error("the name of step #{position} is blank")]
     BlankStepName {
@@ -394,26 +401,47 @@ pub enum TemplateError {
     },
     /// A step with an empty (or whitespace-only) dependent system.
     #[error("step {step} has a blank dependent system")]
-    BlankDependentSystem { step: String },
+    BlankDependentSystem {
+        /// The step's name.
+        step: String,
+    },
     /// A value longer than its column.
     #[error(
         "{field} {value:?} has {} characters, at most {max_length} fit",
         value.chars().count()
     )]
     TooLong {
+        /// The field that is too long.
         field: TemplateField,
+        /// The value given.
         value: String,
+        /// The most characters its column holds.
         max_length: usize,
     },
     /// Two steps with the same name.
     #[error("template {template} has two steps named {step}")]
-    DuplicateStep { template: String, step: String },
+    DuplicateStep {
+        /// `namespace/name@version` of the template.
+        template: String,
+        /// The name the steps share.
+        step: String,
+    },
     /// A dependency on a step the template does not have.
     #[error("step {step} depends on {dependency}, which is not a step of the template")]
-    UnknownDependency { step: String, dependency: String },
+    UnknownDependency {
+        /// The step that lists the dependency.
+        step: String,
+        /// The name it lists, which no step of the template has.
+        dependency: String,
+    },
     /// The same dependency listed twice by one step.
     #[error("step {step} lists its dependency {dependency} twice")]
-    DuplicateDependency { step: String, dependency: String },
+    DuplicateDependency {
+        /// The step that lists the dependency.
+        step: String,
+        /// The dependency listed twice.
+        dependency: String,
+    },
     /// Steps that depend on each other in a circle (a self-dependency too).
     #[error("steps depend on each other in a cycle: {}", steps.join(" → "))]
     Cycle {
@@ -426,10 +454,16 @@ pub enum TemplateError {
     #[error(
         "step {step} has retry limit {retry_limit}: it counts every attempt, the first included, so it must be at least 1"
     )]
-    InvalidRetryLimit { step: String, retry_limit: i32 },
+    InvalidRetryLimit {
+        /// The step's name.
+        step: String,
+        /// The retry limit given.
+        retry_limit: i32,
+    },
     /// Text PostgreSQL cannot store: it holds a NUL character.
     #[error("{field} {problem}")]
     Unstorable {
+        /// The field holding the text.
         field: TemplateField,
         /// What is wrong.
         problem: String,

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use diesel::connection::SimpleConnection;
 use tasker_diesel::adoption::{adopt_rails_schema, backfill_readiness};
-use tasker_diesel::readiness::readiness_drift;
+use tasker_diesel::readiness::ReadinessDrift;
 use tasker_diesel::testing::{fill_rails_engine_database, TestDatabase};
 
 fn env_number(name: &str, default: u32) -> u32 {
@@ -90,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sample: Vec<i64> = (1..=tasks)
         .step_by((tasks as usize / 1000).max(1))
         .collect();
-    let drift = readiness_drift(&mut conn, Some(&sample))?;
+    let drift = ReadinessDrift::load(&mut conn, Some(&sample))?;
     println!(
         "drift on {} sampled tasks: {} values",
         sample.len(),

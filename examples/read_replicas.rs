@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde_json::json;
-use tasker_diesel::readiness::get_system_health_counts;
+use tasker_diesel::readiness::SystemHealthCounts;
 use tasker_diesel::replicas::{Freshness, RoutedConnection, RoutedPool};
 use tasker_diesel::testing::ReplicatedCluster;
 use tasker_diesel::workflow::{
@@ -73,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dashboard = Freshness::within(Duration::from_secs(5));
     show(&pool, &dashboard, task_id, "at most 5 s behind")?;
     let mut conn = pool.read(&dashboard)?;
-    let health = get_system_health_counts(&mut conn)?;
+    let health = SystemHealthCounts::load(&mut conn)?;
     drop(conn);
     println!(
         "    health: {} tasks, {} steps",

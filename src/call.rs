@@ -1,16 +1,53 @@
-//! `SELECT * FROM function(args)` as a statement Diesel can cache.
+//! Statements Diesel can cache: constant SQL text with bind parameters.
+//!
+//! [`diesel::sql_query`] is never cached, so every call would be parsed and
+//! planned again. A statement whose text depends only on its shape (never on
+//! the values, which are binds) can be kept prepared per connection, keyed by
+//! its text: that is [`Cached`], written once for every hand-built statement
+//! of the crate ([`FunctionCall`], the readiness scopes, the replication
+//! probes).
 
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::Untyped;
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
-/// A call of one set-returning SQL function, loaded into a `QueryableByName`
-/// row type.
-///
-/// Unlike [`diesel::sql_query`], which Diesel never caches, this statement is
-/// constant text with binds: Diesel keeps it prepared per connection, keyed
-/// by its SQL, and PostgreSQL skips parsing on every call after the first.
+/// A statement that Diesel prepares once per connection and reuses, keyed by
+/// the SQL text `F` writes. `F` must write the same text for the same shape,
+/// with every value as a bind; its rows load into a `QueryableByName` type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cached<F>(pub(crate) F);
+
+impl<F: QueryFragment<Pg>> QueryFragment<Pg> for Cached<F> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(out)
+    }
+}
+
+/// Keyed by its SQL text, not by type: one type can write several texts.
+impl<F> QueryId for Cached<F> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<F> Query for Cached<F> {
+    type SqlType = Untyped;
+}
+
+impl<F> RunQueryDsl<PgConnection> for Cached<F> {}
+
+/// SQL text without binds, fixed at compile time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StaticSql(pub(crate) &'static str);
+
+impl QueryFragment<Pg> for StaticSql {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(self.0);
+        Ok(())
+    }
+}
+
+/// `SELECT * FROM function(args)`: a call of one set-returning SQL function.
 #[derive(Debug, Clone)]
 pub(crate) struct FunctionCall<Args> {
     function: &'static str,
@@ -20,8 +57,8 @@ pub(crate) struct FunctionCall<Args> {
 impl<Args> FunctionCall<Args> {
     /// A call of `function` with `args`: bound expressions such as
     /// `id.into_sql::<BigInt>()`, a tuple of them, or `()` for none.
-    pub(crate) const fn new(function: &'static str, args: Args) -> Self {
-        FunctionCall { function, args }
+    pub(crate) const fn new(function: &'static str, args: Args) -> Cached<Self> {
+        Cached(FunctionCall { function, args })
     }
 }
 
@@ -35,15 +72,3 @@ impl<Args: QueryFragment<Pg>> QueryFragment<Pg> for FunctionCall<Args> {
         Ok(())
     }
 }
-
-/// Keyed by its SQL text, which depends only on the function's name.
-impl<Args> QueryId for FunctionCall<Args> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl<Args> Query for FunctionCall<Args> {
-    type SqlType = Untyped;
-}
-
-impl<Args> RunQueryDsl<PgConnection> for FunctionCall<Args> {}

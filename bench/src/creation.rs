@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use diesel::{sql_query, Connection, PgConnection, RunQueryDsl};
 use serde_json::json;
 use tasker_diesel::migrations::run_pending_migrations;
-use tasker_diesel::readiness::calculate_dependency_levels;
+use tasker_diesel::readiness::DependencyLevel;
 use tasker_diesel::testing::url_with_database;
 use tasker_diesel::workflow::{create_task, create_tasks, StepTemplate, TaskRequest, TaskTemplate};
 
@@ -101,7 +101,7 @@ pub fn run(server_url: &str, settings: &Settings) -> BoxResult<CreationRun> {
     let calls = settings.calls.min(200);
     for call in 0..settings.warmup.min(10) + calls {
         let clock = Instant::now();
-        let levels = calculate_dependency_levels(&mut conn, chain_task)?;
+        let levels = DependencyLevel::load(&mut conn, chain_task)?;
         let elapsed = clock.elapsed();
         if levels.len() != 10_000 {
             return Err(format!("C4: {} levels for a 10,000-step chain", levels.len()).into());

@@ -52,8 +52,11 @@ pub struct Task {
     pub updated_at: NaiveDateTime,
 }
 
-/// A task to insert; `None` fields take the SQL defaults (`complete` false,
-/// `requested_at` now in UTC) or stay NULL.
+/// A task row to insert, for fixtures and imports; `None` fields take the
+/// SQL defaults (`complete` false, `requested_at` now in UTC) or stay NULL.
+///
+/// It has no steps: [`create_task`](crate::workflow::create_task) builds a
+/// task with its steps and edges from a template.
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_tasks)]
 pub struct NewTask<'a> {

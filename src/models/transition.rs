@@ -47,8 +47,13 @@ pub struct WorkflowStepTransition {
     pub updated_at: NaiveDateTime,
 }
 
-/// A step transition to insert. The previous `most_recent` row must be
-/// cleared first: the database allows one per step.
+/// A step transition row to insert, for fixtures and imports. The previous
+/// `most_recent` row must be cleared first: the database allows one per step.
+///
+/// An insert skips the state machine and leaves the step's flags
+/// (`in_process`, `processed`, `attempts`) as they were: move a step with
+/// [`transition_workflow_step`](crate::workflow::transition_workflow_step) or
+/// the claim and report calls instead.
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_workflow_step_transitions)]
 pub struct NewWorkflowStepTransition<'a> {
@@ -103,8 +108,13 @@ pub struct TaskTransition {
     pub updated_at: NaiveDateTime,
 }
 
-/// A task transition to insert. The previous `most_recent` row must be
-/// cleared first: the database allows one per task.
+/// A task transition row to insert, for fixtures and imports. The previous
+/// `most_recent` row must be cleared first: the database allows one per task.
+///
+/// An insert skips the state machine: move a task with
+/// [`transition_task`](crate::workflow::transition_task),
+/// [`cancel_task`](crate::workflow::cancel_task) or
+/// [`finalize_task`](crate::workflow::finalize_task) instead.
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_task_transitions)]
 pub struct NewTaskTransition<'a> {

@@ -78,9 +78,13 @@ pub struct WorkflowStep {
     pub runnable: bool,
 }
 
-/// A step to insert; `None` fields take the SQL defaults (retryable, retry
-/// limit 3, zero attempts, not in process, not processed, not skippable) or
-/// stay NULL.
+/// A step row to insert, for fixtures and imports; `None` fields take the
+/// SQL defaults (retryable, retry limit 3, zero attempts, not in process, not
+/// processed, not skippable) or stay NULL.
+///
+/// Nothing checks it against a template: a task's steps are built by
+/// [`create_task`](crate::workflow::create_task) (see [the module
+/// docs](crate::models#reading-is-the-use-writing-goes-through-workflow)).
 #[derive(Debug, Clone, Copy, Default, Insertable, Serialize)]
 #[diesel(table_name = tasker_workflow_steps)]
 pub struct NewWorkflowStep<'a> {
@@ -135,7 +139,9 @@ pub struct WorkflowStepEdge {
     pub updated_at: NaiveDateTime,
 }
 
-/// An edge to insert.
+/// An edge row to insert, for fixtures and imports. Its triggers refuse a
+/// cycle or an edge across tasks; [`create_task`](crate::workflow::create_task)
+/// builds a task's edges from its template.
 #[derive(Debug, Clone, Copy, Insertable, Serialize)]
 #[diesel(table_name = tasker_workflow_step_edges)]
 pub struct NewWorkflowStepEdge<'a> {

@@ -69,9 +69,11 @@ pub struct SystemHealthCounts {
     pub max_connections: i32,
 }
 
-/// The counts (`tasker_system_health_counts`). They cost a pass over the tasks,
-/// their current transitions and their maintained step counts (not over the
-/// steps): poll every few seconds, not per request.
-pub fn get_system_health_counts(conn: &mut PgConnection) -> Result<SystemHealthCounts> {
-    Ok(FunctionCall::new("tasker_system_health_counts", ()).get_result(conn)?)
+impl SystemHealthCounts {
+    /// The counts now (`tasker_system_health_counts`). They cost a pass over
+    /// the tasks, their current transitions and their maintained step counts
+    /// (not over the steps): poll every few seconds, not per request.
+    pub fn load(conn: &mut PgConnection) -> Result<Self> {
+        Ok(FunctionCall::new("tasker_system_health_counts", ()).get_result(conn)?)
+    }
 }

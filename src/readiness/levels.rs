@@ -20,14 +20,13 @@ pub struct DependencyLevel {
     pub dependency_level: i32,
 }
 
-/// Every step of the task with its level (`calculate_dependency_levels`),
-/// ordered by level then step id; empty for an unknown task.
-pub fn calculate_dependency_levels(
-    conn: &mut PgConnection,
-    task_id: i64,
-) -> Result<Vec<DependencyLevel>> {
-    Ok(
-        FunctionCall::new("calculate_dependency_levels", task_id.into_sql::<BigInt>())
-            .load(conn)?,
-    )
+impl DependencyLevel {
+    /// Every step of the task with its level (`calculate_dependency_levels`),
+    /// ordered by level then step id; empty for an unknown task.
+    pub fn load(conn: &mut PgConnection, task_id: i64) -> Result<Vec<Self>> {
+        Ok(
+            FunctionCall::new("calculate_dependency_levels", task_id.into_sql::<BigInt>())
+                .load(conn)?,
+        )
+    }
 }

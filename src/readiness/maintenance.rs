@@ -36,21 +36,21 @@ pub struct ReadinessDrift {
     pub recomputed: Option<String>,
 }
 
-/// Where the maintained readiness of `task_ids` (`None`: every task)
-/// disagrees with a recount from the transitions and edges, ordered by task,
-/// step and field. Empty when there is no drift. Costs a recount of every
-/// step of the tasks asked for.
-pub fn readiness_drift(
-    conn: &mut PgConnection,
-    task_ids: Option<&[i64]>,
-) -> Result<Vec<ReadinessDrift>> {
-    arguments::ids("task_ids", task_ids.map_or(0, <[i64]>::len))?;
-    let task_ids = task_ids.map(<[i64]>::to_vec);
-    Ok(FunctionCall::new(
-        "tasker_readiness_drift",
-        task_ids.into_sql::<Nullable<Array<BigInt>>>(),
-    )
-    .load(conn)?)
+impl ReadinessDrift {
+    /// Where the maintained readiness of `task_ids` (`None`: every task)
+    /// disagrees with a recount from the transitions and edges, ordered by
+    /// task, step and field. Empty when there is no drift. Costs a recount of
+    /// every step of the tasks asked for; at most
+    /// [`MAX_IDS_PER_CALL`](crate::MAX_IDS_PER_CALL) ids.
+    pub fn load(conn: &mut PgConnection, task_ids: Option<&[i64]>) -> Result<Vec<Self>> {
+        arguments::ids("task_ids", task_ids.map_or(0, <[i64]>::len))?;
+        let task_ids = task_ids.map(<[i64]>::to_vec);
+        Ok(FunctionCall::new(
+            "tasker_readiness_drift",
+            task_ids.into_sql::<Nullable<Array<BigInt>>>(),
+        )
+        .load(conn)?)
+    }
 }
 
 /// Rebuilds the maintained readiness of `task_ids` (`None`: every task) from

@@ -2,12 +2,13 @@
 
 use chrono::NaiveDateTime;
 use diesel::pg::Pg;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp, Untyped};
+use diesel::query_builder::{AstPass, QueryFragment};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamp};
 use diesel::{PgConnection, QueryResult, QueryableByName, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use crate::arguments;
+use crate::call::Cached;
 use crate::enums::StepState;
 
 /// One row of `get_step_readiness_status` and its companions: whether a step
@@ -135,9 +136,16 @@ impl Filter {
         match self {
             Filter::ReadyForExecution => out.push_sql("readiness.ready_for_execution"),
             Filter::BlockedByDependencies => out.push_sql("NOT readiness.dependencies_satisfied"),
+            // Runnable (the schema's rule, applied to the row's state and
+            // parent counts, whichever source computed them) and gated.
             Filter::WaitingForBackoff => out.push_sql(
-                "(readiness.current_state IN ('pending', 'error') AND readiness.retry_eligible \
-                 AND readiness.next_retry_at > (now() AT TIME ZONE 'UTC'))",
+                "(readiness.next_retry_at > (now() AT TIME ZONE 'UTC') AND EXISTS (\
+                 SELECT FROM tasker_workflow_steps AS step \
+                 WHERE step.workflow_step_id = readiness.workflow_step_id \
+                 AND tasker_step_runnable(readiness.current_state::tasker_step_state, \
+                 step.processed, step.in_process, readiness.total_parents, \
+                 readiness.completed_parents, readiness.attempts, readiness.retry_limit, \
+                 step.retryable)))",
             ),
             Filter::PermanentlyFailed => {
                 out.push_sql("(readiness.current_state = 'error' AND NOT readiness.retry_eligible)")
@@ -194,8 +202,14 @@ impl StepReadinessQuery {
         self.with(Filter::BlockedByDependencies)
     }
 
-    /// Only retry-eligible `Pending` or `Error` steps whose `next_retry_at`
-    /// is still in the future.
+    /// Only steps that a time gate alone holds back: every other condition of
+    /// `ready_for_execution` holds (the schema's `tasker_step_runnable`:
+    /// `Pending` or `Error`, not processed, not in process, parents done,
+    /// retry eligible) and `next_retry_at` is still in the future. A step
+    /// that also waits for a parent is [`blocked_by_dependencies`]
+    /// instead.
+    ///
+    /// [`blocked_by_dependencies`]: Self::blocked_by_dependencies
     pub fn waiting_for_backoff(self) -> Self {
         self.with(Filter::WaitingForBackoff)
     }
@@ -221,10 +235,12 @@ impl StepReadinessQuery {
             }
             Source::Tasks(ids) => arguments::ids("task_ids", ids.len())?,
         }
-        Ok(RunQueryDsl::load(self, conn)?)
+        Ok(Cached(self).load(conn)?)
     }
 }
 
+/// The statement's text depends only on the source and the set of filters,
+/// so each such shape is one prepared statement per connection.
 impl QueryFragment<Pg> for StepReadinessQuery {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("SELECT readiness.* FROM ");
@@ -257,15 +273,3 @@ impl QueryFragment<Pg> for StepReadinessQuery {
         Ok(())
     }
 }
-
-/// Keyed by its SQL text: one prepared statement per source and filter set.
-impl QueryId for StepReadinessQuery {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for StepReadinessQuery {
-    type SqlType = Untyped;
-}
-
-impl RunQueryDsl<PgConnection> for StepReadinessQuery {}

@@ -119,7 +119,7 @@ impl RoutedPool {
     ///
     /// Standbys are tried in turn, starting one further along at every
     /// read. Each try is one checkout and one status query
-    /// ([`StandbyStatus::query`]); a standby that gives no connection within
+    /// ([`StandbyStatus::load`]); a standby that gives no connection within
     /// its pool's `connection_timeout`, fails the query or is not in recovery
     /// is skipped for the pool's retry delay. Only when the primary gives no
     /// connection is there an error.
@@ -209,7 +209,7 @@ impl Standby {
         let mut attempts_left = self.pool.max_size();
         loop {
             let mut conn = self.pool.get()?;
-            match StandbyStatus::query(&mut conn) {
+            match StandbyStatus::load(&mut conn) {
                 Ok(status) => return Ok((conn, status)),
                 Err(error) => {
                     mark_broken(&mut conn);

@@ -4,14 +4,14 @@
 use std::time::Duration;
 
 use diesel::pg::Pg;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{BigInt, Bool, Integer, Nullable, PgLsn, Untyped};
-use diesel::{PgConnection, QueryResult, QueryableByName, RunQueryDsl};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, PgLsn};
+use diesel::{PgConnection, QueryableByName, RunQueryDsl};
 
 use super::Lsn;
+use crate::call::{Cached, StaticSql};
 
 /// A node's replication state, read on the node itself with one query
-/// ([`StandbyStatus::query`]).
+/// ([`StandbyStatus::load`]).
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 #[diesel(check_for_backend(Pg))]
 pub struct StandbyStatus {
@@ -39,8 +39,8 @@ pub struct StandbyStatus {
 
 impl StandbyStatus {
     /// Reads the state of the node `conn` is connected to.
-    pub fn query(conn: &mut PgConnection) -> crate::Result<Self> {
-        Ok(CachedSql(include_str!("standby_status.sql")).get_result(conn)?)
+    pub fn load(conn: &mut PgConnection) -> crate::Result<Self> {
+        Ok(Cached(StaticSql(include_str!("standby_status.sql"))).get_result(conn)?)
     }
 
     /// How far behind the primary the standby's data is, as far as the
@@ -95,7 +95,7 @@ impl StandbyStatus {
 /// position stops at the page boundary until more WAL comes, and would
 /// otherwise never reach the value on an idle primary.
 pub fn commit_lsn(conn: &mut PgConnection) -> crate::Result<Lsn> {
-    let position: InsertPosition = CachedSql(COMMIT_LSN).get_result(conn)?;
+    let position: InsertPosition = Cached(StaticSql(COMMIT_LSN)).get_result(conn)?;
     Ok(position.end_of_last_record())
 }
 
@@ -137,29 +137,6 @@ impl InsertPosition {
         Lsn(self.lsn.0 - header)
     }
 }
-
-/// Constant SQL text without binds, which Diesel keeps prepared per
-/// connection (keyed by the text), unlike [`diesel::sql_query`].
-#[derive(Debug, Clone, Copy)]
-struct CachedSql(&'static str);
-
-impl QueryFragment<Pg> for CachedSql {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(self.0);
-        Ok(())
-    }
-}
-
-impl QueryId for CachedSql {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for CachedSql {
-    type SqlType = Untyped;
-}
-
-impl RunQueryDsl<PgConnection> for CachedSql {}
 
 #[cfg(test)]
 mod tests {

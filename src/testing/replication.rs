@@ -124,7 +124,7 @@ impl ReplicatedCluster {
         let deadline = Instant::now() + STANDBY_TIMEOUT;
         let mut conn = connect(&self.standby_url)?;
         loop {
-            let status = StandbyStatus::query(&mut conn).map_err(io::Error::other)?;
+            let status = StandbyStatus::load(&mut conn).map_err(io::Error::other)?;
             if done(&status) {
                 return Ok(status);
             }

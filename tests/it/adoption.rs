@@ -13,7 +13,7 @@ use diesel::prelude::*;
 use diesel::sql_query;
 use diesel::sql_types::{BigInt, Text};
 use tasker_diesel::adoption::{adopt_rails_schema, backfill_readiness, tasks_to_backfill};
-use tasker_diesel::readiness::readiness_drift;
+use tasker_diesel::readiness::ReadinessDrift;
 use tasker_diesel::testing::{fill_rails_engine_database, TestDatabase};
 use tasker_diesel::workflow::{claim_ready_steps, ClaimRequest};
 use tasker_diesel::{Error, StepReadinessStatus};
@@ -133,7 +133,11 @@ fn engine_rows(conn: &mut PgConnection) -> Vec<String> {
 
 /// No drift, and each task's maintained readiness equals the from-history oracle.
 fn assert_exact(conn: &mut PgConnection, phase: &str) {
-    assert_eq!(readiness_drift(conn, None).unwrap(), [], "{phase}: drift");
+    assert_eq!(
+        ReadinessDrift::load(conn, None).unwrap(),
+        [],
+        "{phase}: drift"
+    );
     let tasks: Vec<i64> = sql_query("SELECT task_id AS n FROM tasker_tasks ORDER BY 1")
         .load::<IdRow>(conn)
         .unwrap()
@@ -227,7 +231,7 @@ fn adoption_keeps_every_row_and_hands_nothing_out_until_the_backfill() {
         count(&mut conn, "SELECT count(*) AS n FROM get_task_execution_contexts_batch(ARRAY(SELECT task_id FROM tasker_tasks))"),
         0
     );
-    assert!(!readiness_drift(&mut conn, None).unwrap().is_empty());
+    assert!(!ReadinessDrift::load(&mut conn, None).unwrap().is_empty());
 
     let mut seen = Vec::new();
     let done = backfill_readiness(&mut conn, 7, |p| seen.push(*p)).unwrap();

@@ -1057,8 +1057,7 @@ fn a_template_beyond_the_bind_parameter_limit_is_created_whole() {
     assert_eq!(counts["tasker_named_tasks_named_steps"], STEPS as i64);
     assert_eq!(counts["tasker_dependent_systems"], 8);
     let levels =
-        tasker_diesel::readiness::calculate_dependency_levels(&mut conn, created.task.task_id)
-            .unwrap();
+        tasker_diesel::readiness::DependencyLevel::load(&mut conn, created.task.task_id).unwrap();
     assert_eq!(levels.len(), STEPS);
     assert_eq!(
         levels.iter().filter(|l| l.dependency_level == 1).count(),
@@ -1082,8 +1081,7 @@ fn a_long_chain_is_created_with_every_step_one_level_below_its_parent() {
         BTreeSet::from(["s0".to_string()])
     );
     let levels =
-        tasker_diesel::readiness::calculate_dependency_levels(&mut conn, created.task.task_id)
-            .unwrap();
+        tasker_diesel::readiness::DependencyLevel::load(&mut conn, created.task.task_id).unwrap();
     let by_id: BTreeMap<i64, i32> = levels
         .iter()
         .map(|l| (l.workflow_step_id, l.dependency_level))

@@ -4,7 +4,7 @@
 use chrono::Duration;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use tasker_diesel::readiness::{calculate_dependency_levels, get_system_health_counts};
+use tasker_diesel::readiness::SystemHealthCounts;
 use tasker_diesel::schema::tasker_workflow_steps::dsl as steps;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::{
@@ -325,7 +325,7 @@ fn dependency_levels_are_longest_distances_from_a_root() {
         add_edge(&mut conn, id(from), id(to)).unwrap();
     }
 
-    let levels = calculate_dependency_levels(&mut conn, fixture.task.task_id).unwrap();
+    let levels = DependencyLevel::load(&mut conn, fixture.task.task_id).unwrap();
     let level = |step_id: i64, dependency_level: i32| DependencyLevel {
         workflow_step_id: step_id,
         dependency_level,
@@ -340,7 +340,7 @@ fn dependency_levels_are_longest_distances_from_a_root() {
             level(id(3), 3)
         ]
     );
-    assert_eq!(calculate_dependency_levels(&mut conn, -1).unwrap(), []);
+    assert_eq!(DependencyLevel::load(&mut conn, -1).unwrap(), []);
 }
 
 #[test]
@@ -348,7 +348,7 @@ fn dependency_levels_of_a_diamond() {
     let db = TestDatabase::new();
     let mut conn = test_connection(&db);
     let diamond = diamond(&mut conn);
-    let levels: Vec<i32> = calculate_dependency_levels(&mut conn, diamond.task.task_id)
+    let levels: Vec<i32> = DependencyLevel::load(&mut conn, diamond.task.task_id)
         .unwrap()
         .iter()
         .map(|level| level.dependency_level)
@@ -380,7 +380,7 @@ fn system_health_counts_tasks_and_steps_by_state() {
     transition_task(&mut conn, other, TaskState::Complete);
     task_with_steps(&mut conn, 0);
 
-    let counts = get_system_health_counts(&mut conn).unwrap();
+    let counts = SystemHealthCounts::load(&mut conn).unwrap();
     assert_eq!(
         (
             counts.total_tasks,

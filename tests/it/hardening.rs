@@ -14,7 +14,7 @@ use diesel::sql_types::BigInt;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::{json, Value};
-use tasker_diesel::readiness::{readiness_drift, rebuild_readiness};
+use tasker_diesel::readiness::{rebuild_readiness, ReadinessDrift};
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
     cancel_task, claim_ready_steps, complete_step, complete_steps, create_task, create_tasks,
@@ -777,7 +777,7 @@ fn unknown_task_ids_cost_one_probe_each_and_long_lists_are_refused() {
         "task_ids"
     );
     assert_eq!(
-        refused_argument(readiness_drift(&mut conn, Some(&too_many))),
+        refused_argument(ReadinessDrift::load(&mut conn, Some(&too_many))),
         "task_ids"
     );
     assert_eq!(
@@ -818,9 +818,9 @@ fn read_and_write(conn: &mut PgConnection, task: i64) -> tasker_diesel::Result<u
         .ready_for_execution()
         .load(conn)?;
     let context = TaskExecutionContext::find(conn, task)?;
-    let levels = tasker_diesel::readiness::calculate_dependency_levels(conn, task)?;
-    let health = tasker_diesel::readiness::get_system_health_counts(conn)?;
-    let drift = readiness_drift(conn, Some(&[task]))?;
+    let levels = tasker_diesel::readiness::DependencyLevel::load(conn, task)?;
+    let health = tasker_diesel::readiness::SystemHealthCounts::load(conn)?;
+    let drift = ReadinessDrift::load(conn, Some(&[task]))?;
     let claimed = claim_ready_steps(conn, &ClaimRequest::for_tasks(&[task], 1, LEASE))?;
     Ok(ready.len()
         + usize::from(context.is_some())

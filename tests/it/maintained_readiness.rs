@@ -31,7 +31,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::json;
 use tasker_diesel::models::{NewWorkflowStepEdge, TaskStepCounts};
-use tasker_diesel::readiness::{readiness_drift, rebuild_readiness, ReadinessDrift};
+use tasker_diesel::readiness::{rebuild_readiness, ReadinessDrift};
 use tasker_diesel::schema::{tasker_task_step_counts, tasker_workflow_step_edges};
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
@@ -1068,7 +1068,7 @@ fn drift_names_each_corrupted_value_and_rebuild_repairs_it() {
         transition_workflow_step(conn, s[0], to, TransitionOptions::default()).expect("s0 moves");
     }
     support::assert_maintained_readiness(conn, None);
-    assert!(readiness_drift(conn, None).expect("drift").is_empty());
+    assert!(ReadinessDrift::load(conn, None).expect("drift").is_empty());
     assert_eq!(rebuild_readiness(conn, None).expect("rebuild"), 0);
     assert_eq!(kept(conn, s[1]).completed_parents, 1);
 
@@ -1142,7 +1142,7 @@ fn drift_names_each_corrupted_value_and_rebuild_repairs_it() {
     ] {
         expected.push(drift(t3, None, field, None, Some(value)));
     }
-    let found = readiness_drift(conn, None).expect("drift");
+    let found = ReadinessDrift::load(conn, None).expect("drift");
     assert_eq!(
         sorted(found.clone()),
         sorted(expected.clone()),
@@ -1165,7 +1165,7 @@ fn drift_names_each_corrupted_value_and_rebuild_repairs_it() {
         .cloned()
         .collect();
     assert_eq!(
-        readiness_drift(conn, Some(&[t2])).expect("drift of t2"),
+        ReadinessDrift::load(conn, Some(&[t2])).expect("drift of t2"),
         of_t2
     );
     // The helper of the other tests reports it too, and what readiness says.
@@ -1189,14 +1189,14 @@ fn drift_names_each_corrupted_value_and_rebuild_repairs_it() {
         .cloned()
         .collect();
     assert_eq!(
-        sorted(readiness_drift(conn, None).expect("drift")),
+        sorted(ReadinessDrift::load(conn, None).expect("drift")),
         sorted(rest)
     );
 
     // A rebuild of every task repairs the rest, and a second one finds nothing.
     let corrected = rebuild_readiness(conn, None).expect("rebuild");
     assert!(corrected > 0, "the rebuild corrected {corrected} values");
-    assert_eq!(readiness_drift(conn, None).expect("drift"), Vec::new());
+    assert_eq!(ReadinessDrift::load(conn, None).expect("drift"), Vec::new());
     support::assert_maintained_readiness(conn, None);
     assert_eq!(rebuild_readiness(conn, None).expect("second rebuild"), 0);
     assert_eq!(kept(conn, s[1]).completed_parents, 1);

@@ -12,7 +12,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Integer, Jsonb, Nullable, Numeric, Text, Timestamptz};
 use serde_json::{json, Value};
-use tasker_diesel::readiness::get_system_health_counts;
+use tasker_diesel::readiness::SystemHealthCounts;
 use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::workflow::{
     claim_ready_steps, complete_step, create_task, fail_step, ClaimRequest, ClaimedStep,
@@ -137,7 +137,7 @@ fn health_counts_v01_agree_with_the_crates_and_count_steps_in_backoff(db: TestDa
     let v01: HealthV01 = diesel::sql_query("SELECT * FROM get_system_health_counts_v01()")
         .get_result(&mut conn)
         .unwrap();
-    let crate_counts = get_system_health_counts(&mut conn).unwrap();
+    let crate_counts = SystemHealthCounts::load(&mut conn).unwrap();
     assert_eq!(
         v01,
         HealthV01 {
@@ -494,9 +494,11 @@ fn text_typed_binds_write_the_state_columns_and_skipped_is_a_comparable_label(db
         .unwrap()
         .remove(0);
     assert_eq!(step.current_state, tasker_diesel::StepState::InProgress);
-    assert!(tasker_diesel::readiness::readiness_drift(&mut conn, None)
-        .unwrap()
-        .is_empty());
+    assert!(
+        tasker_diesel::readiness::ReadinessDrift::load(&mut conn, None)
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[derive(QueryableByName)]
@@ -628,7 +630,7 @@ fn statesman_task(conn: &mut PgConnection, task: i64, to: &str) {
 /// maintained readiness is the readiness recomputed from the history.
 fn assert_exact(conn: &mut PgConnection, task: i64, phase: &str) {
     assert_eq!(
-        tasker_diesel::readiness::readiness_drift(conn, None).unwrap(),
+        tasker_diesel::readiness::ReadinessDrift::load(conn, None).unwrap(),
         [],
         "{phase}: drift"
     );

@@ -648,6 +648,37 @@ fn filters_run_in_sql_and_compose() {
     );
     assert_eq!(load(&mut conn, query().blocked_by_dependencies()), [id(3)]);
     assert_eq!(load(&mut conn, query().waiting_for_backoff()), [id(1)]);
+    // A gate on a step that also waits for its parents: blocked, not waiting
+    // for backoff, and the same when the rows come from the history.
+    update_step(
+        &mut conn,
+        id(3),
+        (
+            steps::backoff_request_seconds.eq(60),
+            steps::last_attempted_at.eq(now),
+        ),
+    );
+    assert!(StepReadinessStatus::for_steps(&[id(3)])
+        .load(&mut conn)
+        .unwrap()[0]
+        .next_retry_at
+        .is_some_and(|at| at > now));
+    assert_eq!(load(&mut conn, query().waiting_for_backoff()), [id(1)]);
+    assert_eq!(
+        load(
+            &mut conn,
+            StepReadinessStatus::from_history(&[id(1), id(3)]).waiting_for_backoff()
+        ),
+        [id(1)]
+    );
+    assert_eq!(load(&mut conn, query().blocked_by_dependencies()), [id(3)]);
+    // A gated step that is in process (a worker holds it) is not waiting either.
+    update_step(&mut conn, id(1), steps::in_process.eq(true));
+    assert_eq!(
+        load(&mut conn, query().waiting_for_backoff()),
+        Vec::<i64>::new()
+    );
+    update_step(&mut conn, id(1), steps::in_process.eq(false));
     assert_eq!(load(&mut conn, query().permanently_failed()), [id(2)]);
     assert_eq!(load(&mut conn, query().in_state(Error)), [id(1), id(2)]);
     assert_eq!(

@@ -120,12 +120,19 @@ impl FilterSpec {
         }
     }
 
-    /// The predicate the scope documents.
-    fn holds(self, row: &StepReadinessStatus, now: NaiveDateTime) -> bool {
+    /// The predicate the scope documents, for `row` of a step of `world`.
+    fn holds(self, row: &StepReadinessStatus, world: &World, now: NaiveDateTime) -> bool {
         match self {
             FilterSpec::Ready => row.ready_for_execution,
             FilterSpec::BlockedByDependencies => !row.dependencies_satisfied,
-            FilterSpec::WaitingForBackoff => oracle::is_waiting_for_backoff(row, now),
+            FilterSpec::WaitingForBackoff => {
+                let step = world
+                    .steps
+                    .iter()
+                    .find(|step| step.workflow_step_id == row.workflow_step_id)
+                    .expect("every row is of a step of the world");
+                oracle::is_waiting_for_backoff(row, step, now)
+            }
             FilterSpec::PermanentlyFailed => oracle::is_permanently_failed(row),
             FilterSpec::InState(state) => row.current_state == state,
         }
@@ -315,7 +322,7 @@ fn check_forms_agree(session: &Session, batch: &BatchCase) -> Result<(), TestCas
         for filter in FilterSpec::every() {
             let expected: Vec<StepReadinessStatus> = all
                 .iter()
-                .filter(|row| filter.holds(row, now))
+                .filter(|row| filter.holds(row, &built.world, now))
                 .cloned()
                 .collect();
             check(
@@ -381,7 +388,11 @@ fn check_forms_agree(session: &Session, batch: &BatchCase) -> Result<(), TestCas
                 .fold(query, |query, filter| filter.apply(query));
             let expected: Vec<StepReadinessStatus> = unfiltered
                 .into_iter()
-                .filter(|row| filters.iter().all(|filter| filter.holds(row, now)))
+                .filter(|row| {
+                    filters
+                        .iter()
+                        .all(|filter| filter.holds(row, &built.world, now))
+                })
                 .collect();
             check(
                 format!("{source:?} filtered by {filters:?}"),

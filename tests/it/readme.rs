@@ -166,7 +166,7 @@ readme_example!(
             "adopted and backfilled"
         );
         assert_eq!(
-            tasker_diesel::readiness::readiness_drift(&mut conn, None).unwrap(),
+            tasker_diesel::readiness::ReadinessDrift::load(&mut conn, None).unwrap(),
             []
         );
     }

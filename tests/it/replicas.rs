@@ -11,7 +11,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::Text;
 use diesel::{sql_query, Connection, PgConnection, QueryableByName, RunQueryDsl};
 use serde_json::json;
-use tasker_diesel::readiness::get_system_health_counts;
+use tasker_diesel::readiness::SystemHealthCounts;
 use tasker_diesel::replicas::{
     build_standby_pool, commit_lsn, Freshness, Lsn, Node, RoutedConnection, RoutedPool, SkipReason,
     StandbyStatus,
@@ -90,7 +90,7 @@ fn context(conn: &mut RoutedConnection, task_id: i64) -> Option<TaskExecutionCon
 }
 
 fn in_recovery(conn: &mut PgConnection) -> bool {
-    StandbyStatus::query(conn).expect("status").in_recovery
+    StandbyStatus::load(conn).expect("status").in_recovery
 }
 
 /// The reason the one standby was passed over.
@@ -130,7 +130,7 @@ fn a_standby_serves_readiness_context_and_health_once_it_has_replayed_the_commit
         .map(|step| step.name)
         .collect();
     assert_eq!(ready, ["first"]);
-    assert!(get_system_health_counts(&mut conn).unwrap().total_tasks >= 1);
+    assert!(SystemHealthCounts::load(&mut conn).unwrap().total_tasks >= 1);
 }
 
 #[test]

@@ -139,11 +139,7 @@ pub fn step_readiness(world: &World, step: &StepInput) -> StepReadinessStatus {
     let next_retry_at = later(requested_gate, failure_gate);
 
     // Rule 7.
-    let ready_for_execution = (state == StepState::Pending || state == StepState::Error)
-        && !step.processed
-        && !step.in_process
-        && dependencies_satisfied
-        && retry_eligible
+    let ready_for_execution = runnable(state, step, dependencies_satisfied, retry_eligible)
         && next_retry_at.is_none_or(|at| at <= world.now);
 
     StepReadinessStatus {
@@ -183,11 +179,34 @@ pub fn is_permanently_failed(row: &StepReadinessStatus) -> bool {
     row.current_state == StepState::Error && !row.retry_eligible
 }
 
-/// The documented predicate of `StepReadinessQuery::waiting_for_backoff`.
-pub fn is_waiting_for_backoff(row: &StepReadinessStatus, now: NaiveDateTime) -> bool {
-    (row.current_state == StepState::Pending || row.current_state == StepState::Error)
-        && row.retry_eligible
-        && row.next_retry_at.is_some_and(|at| at > now)
+/// Rule 7 without its time gate.
+fn runnable(
+    state: StepState,
+    step: &StepInput,
+    dependencies_satisfied: bool,
+    retry_eligible: bool,
+) -> bool {
+    (state == StepState::Pending || state == StepState::Error)
+        && !step.processed
+        && !step.in_process
+        && dependencies_satisfied
+        && retry_eligible
+}
+
+/// The documented predicate of `StepReadinessQuery::waiting_for_backoff`:
+/// `step`, whose readiness row is `row`, meets every condition of rule 7 but
+/// the time gate, and the gate is still closed at `now`.
+pub fn is_waiting_for_backoff(
+    row: &StepReadinessStatus,
+    step: &StepInput,
+    now: NaiveDateTime,
+) -> bool {
+    runnable(
+        row.current_state,
+        step,
+        row.dependencies_satisfied,
+        row.retry_eligible,
+    ) && row.next_retry_at.is_some_and(|at| at > now)
 }
 
 /// `round(100 * completed / total, 2)`, rounding half away from zero (all

@@ -6,6 +6,10 @@
 //! here, a name written as a link (`` [`StepReadinessStatus`] ``) resolves to
 //! the item of that name.
 
+// The pages describe the worker runtime, a default feature; built without
+// it, their links to its items have nothing to point at.
+#![cfg_attr(not(feature = "worker"), allow(rustdoc::broken_intra_doc_links))]
+
 // Every public item a page may name, so that its links resolve by the
 // item's own name. Rustdoc resolves the links of a module's outer doc in the
 // scope around the module, this one; so the pages' own names (`readiness`,

@@ -724,6 +724,46 @@ fn an_invalid_request_is_rejected_before_any_round_trip() {
 }
 
 #[test]
+fn a_catalog_row_committed_while_creation_runs_is_found_on_the_next_attempt() {
+    // Another transaction inserts the template's namespace first and commits
+    // while the creator's statement waits on it: ON CONFLICT skips the row,
+    // and the statement's snapshot does not see it, so the creator's first
+    // answer is short and its second, in a new snapshot, finds the row.
+    let db = TestDatabase::new();
+    let template = diamond();
+    let mut holder = db.connection();
+    diesel::sql_query("BEGIN").execute(&mut holder).unwrap();
+    let namespace_id: i32 = diesel::insert_into(tasker_task_namespaces::table)
+        .values(tasker_task_namespaces::name.eq(&template.namespace))
+        .returning(tasker_task_namespaces::task_namespace_id)
+        .get_result(&mut holder)
+        .unwrap();
+
+    let (pid_sender, pid) = mpsc::channel();
+    let created = thread::scope(|scope| {
+        let creator = scope.spawn(|| {
+            let mut conn = db.connection();
+            pid_sender.send(support::backend_pid(&mut conn)).unwrap();
+            create_task(&mut conn, &TaskRequest::new(&template))
+        });
+        let pid = pid.recv().unwrap();
+        support::wait_until_blocked(&mut db.connection(), pid);
+        diesel::sql_query("COMMIT").execute(&mut holder).unwrap();
+        creator.join().expect("creator thread")
+    })
+    .expect("creation finds the namespace committed meanwhile");
+
+    assert!(created.created);
+    let mut conn = db.connection();
+    let named_task: NamedTask = tasker_named_tasks::table
+        .find(created.task.named_task_id)
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(named_task.task_namespace_id, namespace_id);
+    assert_eq!(row_counts(&mut conn)["tasker_task_namespaces"], 1);
+}
+
+#[test]
 fn concurrent_creators_of_the_same_request_end_with_one_task() {
     const CREATORS: usize = 4;
     const ROUNDS: i64 = 5;

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer};
+use diesel::sql_types::BigInt;
 use diesel::QueryResult;
 use proptest::prelude::*;
 use serde_json::json;
@@ -23,7 +23,10 @@ use tasker_diesel::workflow::{
 use tasker_diesel::{Error, Refusal, StepState, TaskExecutionContext};
 
 use crate::support;
-use support::{add_edge, assert_maintained_readiness, snapshot, step_row, task_with_steps};
+use support::{
+    add_edge, assert_maintained_readiness, backend_pid, snapshot, step_row, task_with_steps,
+    wait_until_blocked,
+};
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -748,34 +751,6 @@ fn batched_reports_and_claims_keep_every_rule_over_random_dags() {
             Ok(())
         })
         .unwrap();
-}
-
-/// Blocks until backend `pid` waits for a lock.
-fn wait_until_blocked(conn: &mut PgConnection, pid: i32) {
-    let started = Instant::now();
-    let query = format!(
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
-    );
-    while count(conn, &query) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "backend {pid} never waited"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
-#[derive(QueryableByName)]
-struct Pid {
-    #[diesel(sql_type = Integer)]
-    pid: i32,
-}
-
-fn backend_pid(conn: &mut PgConnection) -> i32 {
-    diesel::sql_query("SELECT pg_backend_pid() AS pid")
-        .get_result::<Pid>(conn)
-        .expect("pid")
-        .pid
 }
 
 /// Runs `sql` on a connection of its own in a thread; returns its pid and

@@ -632,28 +632,13 @@ fn a_late_cancel_does_not_overwrite_the_finalize_it_raced_with() {
             let (pid_sender, pid) = mpsc::channel();
             let cancel = thread::spawn(move || {
                 let mut canceller = PgConnection::establish(&url).unwrap();
-                let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-                    "pg_backend_pid()",
-                ))
-                .get_result(&mut canceller)
-                .unwrap();
-                pid_sender.send(pid).unwrap();
+                pid_sender
+                    .send(support::backend_pid(&mut canceller))
+                    .unwrap();
                 cancel_task(&mut canceller, task, None)
             });
             let pid = pid.recv().unwrap();
-            let started = Instant::now();
-            loop {
-                let waiting: i64 = diesel::dsl::sql::<BigInt>(&format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND wait_event_type = 'Lock'"
-                ))
-                .get_result(&mut conn)
-                .unwrap();
-                if waiting > 0 {
-                    break;
-                }
-                assert!(started.elapsed() < Duration::from_secs(10), "the cancel never waited");
-                thread::sleep(Duration::from_millis(5));
-            }
+            support::wait_until_blocked(&mut conn, pid);
             // Committed by the closure's return; the cancel then reads it.
             Ok(cancel)
         })

@@ -1,7 +1,6 @@
 //! The integrity rules the database enforces itself, whoever writes the rows.
 
 use std::thread;
-use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -12,7 +11,7 @@ use tasker_diesel::testing::TestDatabase;
 use tasker_diesel::{Error, IntegrityRule, StepState, TaskState};
 
 use crate::support;
-use support::{add_edge, task_with_steps};
+use support::{add_edge, backend_pid, task_with_steps, wait_until_blocked};
 
 /// The rule a failed write broke, as the crate's error type reports it.
 fn broken_rule<T: std::fmt::Debug>(result: QueryResult<T>) -> IntegrityRule {
@@ -154,38 +153,6 @@ fn shared_descendants_are_not_a_cycle() {
         add_edge(&mut conn, from, to).unwrap();
     }
     assert_eq!(edge_count(&mut conn), 6);
-}
-
-/// Waits until `pid` is blocked on a lock.
-fn wait_until_blocked(conn: &mut PgConnection, pid: i32) {
-    #[derive(QueryableByName)]
-    struct Waiting {
-        #[diesel(sql_type = BigInt)]
-        waiting: i64,
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let row: Waiting = diesel::sql_query(
-            "SELECT count(*) AS waiting FROM pg_stat_activity \
-             WHERE pid = $1 AND wait_event_type = 'Lock'",
-        )
-        .bind::<diesel::sql_types::Integer, _>(pid)
-        .get_result(conn)
-        .unwrap();
-        if row.waiting == 1 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "backend {pid} never blocked");
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn backend_pid(conn: &mut PgConnection) -> i32 {
-    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
-        "pg_backend_pid()",
-    ))
-    .get_result(conn)
-    .unwrap()
 }
 
 /// Two transactions each add half of a cycle; the second to commit must fail.

@@ -443,3 +443,37 @@ pub fn assert_maintained_readiness(conn: &mut PgConnection, task_ids: Option<&[i
         panic!("{message}");
     }
 }
+
+/// The server process id of `conn`'s session.
+pub fn backend_pid(conn: &mut PgConnection) -> i32 {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+        "pg_backend_pid()",
+    ))
+    .get_result(conn)
+    .expect("backend pid")
+}
+
+/// Waits until backend `pid` is blocked on a lock (at most 30 s), so a test
+/// can release the lock knowing the other session is inside its statement.
+pub fn wait_until_blocked(conn: &mut PgConnection, pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: bool = diesel::select(
+            diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "EXISTS (SELECT FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid = ",
+            )
+            .bind::<diesel::sql_types::Integer, _>(pid)
+            .sql(")"),
+        )
+        .get_result(conn)
+        .expect("pg_stat_activity");
+        if waiting {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {pid} never blocked on a lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

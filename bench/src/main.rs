@@ -195,6 +195,11 @@ fn parse(args: &[String]) -> Result<Command, String> {
 }
 
 fn run(command: Command, args: &[String]) -> BoxResult<()> {
+    // Rendering reads reports only; everything else writes the databases.
+    let _lock = match command {
+        Command::Render { .. } => None,
+        _ => Some(lock_the_server(server_url())?),
+    };
     match command {
         Command::Render { out } => {
             report::render_again(&out)?;
@@ -268,6 +273,30 @@ fn run(command: Command, args: &[String]) -> BoxResult<()> {
             Ok(())
         }
     }
+}
+
+/// The advisory lock a run holds on its server for as long as it runs.
+const RUN_LOCK: i64 = 0x7461_736b_6265_6e63; // "taskbenc"
+
+/// Every run drops and creates the same databases (`tasker_bench_*`), so a
+/// second run at the same time would drop the first one's: it is refused
+/// instead. The lock is the session's and goes when the returned connection
+/// is dropped, or the process dies.
+fn lock_the_server(server_url: &str) -> BoxResult<diesel::PgConnection> {
+    use diesel::{Connection, RunQueryDsl};
+    let mut conn = diesel::PgConnection::establish(server_url)?;
+    let locked: bool = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "pg_try_advisory_lock({RUN_LOCK})"
+    )))
+    .get_result(&mut conn)?;
+    if !locked {
+        return Err(
+            "another benchmark run is using this server's tasker_bench_* databases: \
+                    wait for it to finish, or give this one another server (DATABASE_URL)"
+                .into(),
+        );
+    }
+    Ok(conn)
 }
 
 /// `target/bench-report` at the repository root, whichever directory the

@@ -17,7 +17,7 @@
 //! | Instead of inserting | Call |
 //! |---|---|
 //! | [`NewTask`], [`NewWorkflowStep`], [`NewWorkflowStepEdge`] | [`create_task`](crate::workflow::create_task), [`create_tasks`](crate::workflow::create_tasks): validated, catalog found or created, idempotent by identity hash, in one transaction |
-//! | [`NewWorkflowStepTransition`] | [`transition_workflow_step`](crate::workflow::transition_workflow_step), or the claim and report calls: the state machine, the step's flags and the task's state kept in line |
+//! | [`NewWorkflowStepTransition`] | [`transition_workflow_step`](crate::workflow::transition_workflow_step), or the claim and report calls: the state machine checked and the step's flags kept in line (a claim also starts a pending task) |
 //! | [`NewTaskTransition`] | [`transition_task`](crate::workflow::transition_task), [`cancel_task`](crate::workflow::cancel_task), [`finalize_task`](crate::workflow::finalize_task) |
 
 mod annotation;

@@ -49,8 +49,6 @@ CREATE TRIGGER faults_pause_after_step_transition
 const SET_PAUSE: &str = "SELECT set_config('faults.pause_on', $1, false) AS name, \
                          set_config('faults.pause_seconds', $2, false) AS seconds";
 
-const BACKEND_PID: &str = "SELECT pg_backend_pid() AS pid";
-
 /// Whether backend `$1` is sleeping in the pause trigger inside a call of the
 /// function `$2`, with a transaction that has written (an xid assigned).
 const PAUSED_IN: &str = "SELECT EXISTS (
@@ -89,12 +87,6 @@ struct Flag {
     flag: bool,
 }
 
-#[derive(QueryableByName)]
-struct Pid {
-    #[diesel(sql_type = Integer)]
-    pid: i32,
-}
-
 /// A test database with the pause trigger.
 fn database_with_pause_trigger() -> TestDatabase {
     let db = TestDatabase::new();
@@ -113,10 +105,7 @@ struct Worker {
 impl Worker {
     fn connect(db: &TestDatabase) -> Self {
         let mut conn = db.connection();
-        let pid = sql_query(BACKEND_PID)
-            .get_result::<Pid>(&mut conn)
-            .expect("backend pid")
-            .pid;
+        let pid = support::backend_pid(&mut conn);
         Worker { conn, pid }
     }
 
